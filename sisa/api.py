@@ -1,0 +1,196 @@
+"""Training a workspace, and the scikit-learn-like :class:`SISAClassifier` around it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from sisa.data import Dataset, Table
+from sisa.ensemble import Ensemble
+from sisa.errors import SisaError
+from sisa.executors import Executor, make_executor
+from sisa.models import build_model
+from sisa.partition import assign, check_sizes, shard_order
+from sisa.settings import Settings
+from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, rows_to_parquet
+from sisa.training import DataSpec, Progress, ShardJob
+
+
+def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *,
+                    executor: Optional[Executor] = None, force: bool = False,
+                    progress: Optional[Progress] = None,
+                    source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Partition ``dataset`` into ``workdir``'s shards, train every shard and record it all.
+
+    Everything that can be wrong with the input is checked before the first file is written,
+    so bad input leaves the folder as it was. Returns a summary (seconds, test accuracy...).
+    """
+    started = time.perf_counter()
+    workspace = Workspace(workdir)
+    if workspace.exists() and not force:
+        raise SisaError(f"{workspace.root} already holds a sisa workspace ({workspace.manifest_path}); "
+                        f"pass --force to replace it")
+    if workspace.root.exists() and not workspace.root.is_dir():
+        raise SisaError(f"workdir {workspace.root} is not a folder")
+    train, test = dataset.train, dataset.test
+    if train.y is None:
+        raise SisaError(f"{dataset.spec} has no labels")
+    labels = dataset.label_index(train.y, "training data")
+    test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
+    build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SisaError("--device cuda was asked for, but torch sees no CUDA device")
+    assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
+    counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
+    dtype = str(train.X.dtype)
+
+    _clear(workspace)
+    try:
+        shard_entries = []
+        for s in range(settings.shards):
+            rows = shard_order(assignment, s)
+            name = f"shard-{s:03d}.parquet"
+            sha = workspace.write_data_file(name, rows_to_parquet(
+                train.ids[rows], s, assignment.slice[rows], labels[rows], train.X[rows]))
+            shard_entries.append({"shard": s, "file": name, "sha256": sha, "rows": int(len(rows)),
+                                  "slice_rows": counts[s].tolist()})
+        test_entry = None
+        if test_labels is not None:
+            order = np.argsort(np.array([str(i) for i in test.ids])) if test.ids.dtype == object \
+                else np.argsort(test.ids, kind="stable")
+            sha = workspace.write_data_file("test.parquet", rows_to_parquet(
+                test.ids[order], None, None, test_labels[order], test.X[order].astype(dtype)))
+            test_entry = {"file": "test.parquet", "sha256": sha, "rows": int(len(test))}
+
+        spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
+        jobs = [ShardJob(str(workspace.root), e["shard"], settings, spec, e["file"], e["sha256"])
+                for e in shard_entries]
+        records, environments = [], []
+        for result in (executor or make_executor("local")).run(jobs, progress):
+            records.extend(result.checkpoints)
+            environments.append(result.environment)
+        if any(env != environments[0] for env in environments):
+            raise SisaError(f"shards were trained under different numerics environments: {environments}")
+        records.sort(key=lambda r: (r["shard"], r["slice"]))
+        workspace.write_json(workspace.checkpoints_manifest_path, {
+            "format": CHECKPOINTS_FORMAT, "environment": environments[0], "checkpoints": records})
+        manifest = {
+            "format": WORKSPACE_FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings.to_dict(),
+            "data": {
+                "spec": dataset.spec, "shape": list(dataset.shape), "dtype": dtype,
+                "scale": float(dataset.scale), "classes": list(dataset.classes),
+                "feature_names": dataset.feature_names, "id_kind": dataset.id_kind,
+                "n_train": int(len(train)), "n_test": int(len(test)) if test_labels is not None else 0,
+                **(source or {}),
+            },
+            "shards": shard_entries,
+            "test": test_entry,
+        }
+        workspace.write_json(workspace.manifest_path, manifest)  # the commit point
+    except BaseException:
+        _clear(workspace)
+        raise
+    summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
+               "model": settings.model, "n_train": int(len(train)),
+               "train_seconds": round(sum(r["seconds"] for r in records), 3)}
+    if test_entry is not None:
+        summary.update(Ensemble(workspace).evaluate())
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _clear(workspace: Workspace) -> None:
+    """Remove what sisa keeps in a workspace (manifest first), leaving other files alone."""
+    for path in (workspace.manifest_path, workspace.checkpoints_manifest_path):
+        path.unlink(missing_ok=True)
+    if workspace.shards_dir.is_dir():
+        for path in list(workspace.shards_dir.glob("shard-*.parquet")) + \
+                list(workspace.shards_dir.glob("test.parquet")) + list(workspace.shards_dir.glob(".*.tmp-*")):
+            path.unlink()
+    if workspace.checkpoints_dir.is_dir():
+        for path in workspace.checkpoints_dir.glob("shard-*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+
+
+class SISAClassifier:
+    """SISA ensemble classifier backed by a workspace folder.
+
+    Settings are those of :class:`sisa.settings.Settings`; ``fit`` partitions the rows into
+    ``workdir/shards``, trains every shard slice by slice into ``workdir/checkpoints`` and
+    returns ``self``.
+
+    >>> import tempfile
+    >>> from sisa.data import load
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     clf = SISAClassifier(tmp, shards=2, slices=2, epochs=2).fit(load("digits"))
+    ...     clf.predict(clf.dataset_.test.X[:3]).tolist()
+    [6, 9, 3]
+    """
+
+    def __init__(self, workdir: str | Path = ".", *, executor: str = "local", **settings: Any) -> None:
+        self.workdir = Path(workdir)
+        self.executor = executor
+        self.settings = Settings(**settings)
+
+    def fit(self, X: Dataset | np.ndarray, y: Optional[Sequence] = None, *,
+            ids: Optional[Sequence] = None, force: bool = False,
+            progress: Optional[Progress] = None) -> "SISAClassifier":
+        """Train on a :class:`sisa.data.Dataset`, or on arrays ``X``, ``y`` with optional ids
+        (default: row numbers)."""
+        if isinstance(X, Dataset):
+            dataset = X
+        else:
+            X = np.asarray(X)
+            if y is None:
+                raise SisaError("fit needs labels y")
+            y = np.asarray(y)
+            if len(X) != len(y):
+                raise SisaError(f"X has {len(X)} rows but y has {len(y)}")
+            ids = np.arange(len(X), dtype=np.int64) if ids is None else np.asarray(ids)
+            if len(ids) != len(X) or len(np.unique(ids)) != len(ids):
+                raise SisaError("ids must be unique, one per row")
+            dtype = X.dtype if X.dtype.kind in "uf" else np.float32
+            dataset = Dataset("array", Table(ids, X.astype(dtype), y), None, tuple(X.shape[1:]),
+                              sorted({v.item() if hasattr(v, "item") else v for v in y}))
+        self.dataset_ = dataset
+        self.summary_ = train_workspace(self.workdir, dataset, self.settings, force=force,
+                                        executor=make_executor(self.executor), progress=progress)
+        return self._loaded()
+
+    @classmethod
+    def load(cls, workdir: str | Path = ".") -> "SISAClassifier":
+        """The trained classifier of an existing workspace."""
+        ensemble = Ensemble(Workspace(workdir))
+        clf = cls(workdir, **ensemble.settings.to_dict())
+        return clf._loaded(ensemble)
+
+    def _loaded(self, ensemble: Optional[Ensemble] = None) -> "SISAClassifier":
+        self.ensemble_ = ensemble or Ensemble(Workspace(self.workdir))
+        self.classes_ = np.asarray(self.ensemble_.classes)
+        return self
+
+    def _fitted(self) -> Ensemble:
+        if not hasattr(self, "ensemble_"):
+            raise SisaError("this SISAClassifier is not fitted; call fit or SISAClassifier.load")
+        return self.ensemble_
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Aggregated class probabilities, shape (rows, classes), columns in ``classes_`` order."""
+        return self._fitted().predict_proba(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def score(self, X: np.ndarray, y: Sequence) -> float:
+        return float(np.mean(self.predict(X) == np.asarray(y)))

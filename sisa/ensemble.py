@@ -1,0 +1,139 @@
+"""A trained workspace as a predictor: shard models, aggregation, evaluation and status."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from sisa.aggregation import aggregate
+from sisa.errors import SisaError
+from sisa.settings import Settings
+from sisa.store import ShardRows, Workspace, sha256_file
+from sisa.models import build_model
+from sisa.training import DataSpec, deterministic_torch
+
+
+class Ensemble:
+    """The shard models of a workspace, read with their integrity checked.
+
+    >>> import tempfile, sisa
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     clf = sisa.SISAClassifier(tmp, shards=2, slices=1, epochs=1).fit(
+    ...         np.eye(4, dtype=np.float32).repeat(5, 0), np.arange(20) % 2)
+    ...     Ensemble(sisa.store.Workspace(tmp)).predict_proba(np.eye(4, dtype=np.float32)).shape
+    (4, 2)
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.manifest = workspace.read_manifest()
+        self.checkpoints_manifest = workspace.read_checkpoints_manifest()
+        self.settings = Settings.from_dict(self.manifest["settings"])
+        data = self.manifest["data"]
+        self.classes: list = data["classes"]
+        self.data = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(self.classes))
+        self.records = sorted(self.checkpoints_manifest["checkpoints"],
+                              key=lambda r: (r["shard"], r["slice"]))
+
+    @property
+    def feature_names(self) -> Optional[list[str]]:
+        return self.manifest["data"].get("feature_names")
+
+    def final_records(self) -> list[dict[str, Any]]:
+        """The checkpoint after the last slice of each shard, in shard order."""
+        last = {}
+        for record in self.records:
+            if record["slice"] == self.settings.slices - 1:
+                last[record["shard"]] = record
+        return [last[s] for s in sorted(last)]
+
+    def shard_sizes(self) -> list[int]:
+        return [entry["rows"] for entry in self.manifest["shards"]]
+
+    def shard_probas(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities of every shard model, shape (shards, rows, classes)."""
+        import torch
+
+        X = self._check_rows(X)
+        settings = self.settings
+        out = []
+        with deterministic_torch(settings), torch.no_grad():
+            for record in self.final_records():
+                state = self.workspace.load_checkpoint(record)
+                model = build_model(settings.model, self.data.shape, self.data.n_classes).to(settings.device)
+                model.load_state_dict(state["model"])
+                model.eval()
+                parts = []
+                for start in range(0, len(X), batch_size):
+                    batch = torch.from_numpy(X[start:start + batch_size]).to(settings.device)
+                    logits = model(batch.float().mul_(self.data.scale))
+                    parts.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+                out.append(np.concatenate(parts) if parts else np.zeros((0, self.data.n_classes)))
+        return np.stack(out)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        sizes = [self.shard_sizes()[r["shard"]] for r in self.final_records()]
+        return aggregate(self.settings.aggregation, self.shard_probas(X), sizes)
+
+    def _check_rows(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X)
+        shape = self.data.shape
+        if X.shape[1:] != shape:
+            if X.ndim == 2 and X.shape[1] == int(np.prod(shape)):
+                X = X.reshape((len(X),) + shape)
+            else:
+                raise SisaError(f"rows have shape {X.shape[1:]}, but the model was trained on {shape}")
+        if X.dtype.kind not in "iuf" or not np.all(np.isfinite(X)):
+            raise SisaError("features must be finite numbers")
+        return np.ascontiguousarray(X)
+
+    def test_rows(self) -> ShardRows:
+        test = self.manifest.get("test")
+        if not test:
+            raise SisaError("this workspace holds no test data; train with --test-data or evaluate "
+                            "with predict")
+        return self.workspace.read_data_file(test["file"], test["sha256"], self.data.shape, self.data.dtype)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Test accuracy of the ensemble and of each shard model."""
+        rows = self.test_rows()
+        probas = self.shard_probas(rows.X)
+        sizes = [self.shard_sizes()[r["shard"]] for r in self.final_records()]
+        ensemble = aggregate(self.settings.aggregation, probas, sizes)
+        return {
+            "accuracy": float(np.mean(ensemble.argmax(1) == rows.label)),
+            "shard_accuracy": [float(np.mean(p.argmax(1) == rows.label)) for p in probas],
+            "n_test": int(len(rows.label)),
+            "aggregation": self.settings.aggregation,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Settings, shard and slice sizes, and every checkpoint with whether it still matches."""
+        checkpoints = []
+        for record in self.records:
+            actual = sha256_file(self.workspace.checkpoints_dir / record["file"])
+            checkpoints.append({"shard": record["shard"], "slice": record["slice"],
+                                "file": record["file"], "sha256": record["sha256"],
+                                "samples": record["samples"], "ok": actual == record["sha256"],
+                                "problem": None if actual == record["sha256"] else
+                                ("missing or unreadable" if actual is None else "sha256 mismatch")})
+        shard_files = []
+        for entry in self.manifest["shards"]:
+            ok = sha256_file(self.workspace.shards_dir / entry["file"]) == entry["sha256"]
+            shard_files.append({"shard": entry["shard"], "file": entry["file"], "ok": ok})
+        data = self.manifest["data"]
+        return {
+            "workdir": str(self.workspace.root),
+            "settings": self.settings.to_dict(),
+            "data": {k: data[k] for k in ("spec", "shape", "id_kind", "n_train", "n_test")},
+            "shards": self.settings.shards,
+            "slices": self.settings.slices,
+            "n_train": data["n_train"],
+            "samples_per_shard": [e["rows"] for e in self.manifest["shards"]],
+            "samples_per_slice": [e["slice_rows"] for e in self.manifest["shards"]],
+            "environment": self.checkpoints_manifest.get("environment"),
+            "shard_files": shard_files,
+            "checkpoints": checkpoints,
+            "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files),
+        }

@@ -1,0 +1,8 @@
+"""The one exception type sisa raises for problems a user can fix."""
+
+
+class SisaError(Exception):
+    """A problem with the user's input or workspace, with a message that names it.
+
+    The CLI prints the message and exits non-zero; no traceback is shown.
+    """

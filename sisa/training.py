@@ -1,0 +1,235 @@
+"""Training of one shard, slice by slice, deterministically: the unit of work executors run.
+
+A :class:`ShardJob` names a shard of a workspace and the slice to start from. The job reads the
+shard's rows from ``shards/``, restores the checkpoint before its first slice (or initialises a
+fresh model), trains each slice on the union of the slices so far and writes a checkpoint
+after each. It writes checkpoint files only; the caller records them in the manifest.
+
+Exactness rests on three rules: every random draw is seeded from (seed, shard, slice, epoch),
+never from RNG history; a checkpoint holds everything training continues from (model,
+optimizer, scheduler, counters); and every slice, first or resumed, starts by loading the
+previous slice's saved state, so an uninterrupted run and a resumed one run the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from sisa.errors import SisaError
+from sisa.settings import Settings
+from sisa.store import Workspace, ids_digest
+
+Progress = Callable[[dict[str, Any]], None]
+"""Called after each slice with the new checkpoint record (shard, slice, samples, seconds...)."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to read stored rows: feature shape and dtype, fixed scale, number of classes."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    n_classes: int
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Train ``shard`` of the workspace at ``workdir`` from slice ``from_slice`` to the last.
+
+    ``start`` is the checkpoint record of slice ``from_slice - 1`` (None from slice 0).
+    """
+
+    workdir: str
+    shard: int
+    settings: Settings
+    data: DataSpec
+    shard_file: str
+    shard_sha256: str
+    from_slice: int = 0
+    start: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    checkpoints: list[dict[str, Any]]
+    environment: dict[str, Any]
+    seconds: float = 0.0
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from its parts, e.g. (seed, shard, slice, epoch).
+
+    >>> derive_seed(0, 1, 2, 3) == derive_seed(0, 1, 2, 3) != derive_seed(0, 1, 2, 4)
+    True
+    """
+    text = ":".join(str(p) for p in ("sisa",) + parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def numerics_environment(settings: Settings) -> dict[str, Any]:
+    """What changes the bits of trained weights besides data and settings."""
+    import torch
+
+    env = {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": settings.threads,
+        "device": settings.device,
+        "machine": platform.machine(),
+    }
+    if settings.device == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+@contextmanager
+def deterministic_torch(settings: Settings) -> Iterator[None]:
+    """Fixed threads and deterministic kernels for the duration of a job, then restored."""
+    import torch
+
+    if settings.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SisaError("--device cuda was asked for, but torch sees no CUDA device")
+        # cuBLAS is deterministic only with a fixed workspace; it must be set before first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    threads = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.set_num_threads(settings.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+def make_training_state(settings: Settings, data: DataSpec, shard: int):
+    """Fresh model, optimizer and scheduler for ``shard``; the model's initial weights
+    depend on (seed, shard) alone."""
+    import torch
+
+    from sisa.models import build_model
+
+    torch.manual_seed(derive_seed(settings.seed, shard, "init"))
+    model = build_model(settings.model, data.shape, data.n_classes).to(settings.device)
+    params = model.parameters()
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=0.9,
+                                    weight_decay=settings.weight_decay)
+    elif settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, sum(settings.slice_epochs())))
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return model, optimizer, scheduler
+
+
+def _to_cpu(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: DataSpec,
+                shard: int, slice_: int, epochs: int) -> int:
+    """Train ``epochs`` epochs on rows ``X``, ``y`` (canonical order); returns optimizer steps."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(y)
+    steps = 0
+    model.train()
+    for epoch in range(epochs):
+        seed = derive_seed(settings.seed, shard, slice_, epoch)
+        torch.manual_seed(seed)  # any randomness inside the model (dropout) starts here too
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        for start in range(0, n, settings.batch_size):
+            batch = order[start:start + settings.batch_size].to(X.device)
+            inputs = X[batch].float().mul_(data.scale)
+            loss = F.cross_entropy(model(inputs), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        scheduler.step()
+    return steps
+
+
+def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardResult:
+    """Train the job's slices and write their checkpoints; returns the checkpoint records."""
+    import torch
+
+    settings, data = job.settings, job.data
+    workspace = Workspace(job.workdir)
+    started = time.perf_counter()
+    rows = workspace.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
+    slice_epochs = settings.slice_epochs()
+    records = []
+    with deterministic_torch(settings):
+        environment = numerics_environment(settings)
+        X = torch.from_numpy(np.array(rows.X, copy=True)).to(settings.device)
+        y = torch.from_numpy(rows.label).to(settings.device)
+        state = workspace.load_checkpoint(job.start) if job.start is not None else None
+        if (state is None) != (job.from_slice == 0):
+            raise ValueError("a job from slice 0 starts fresh; any later slice needs a start checkpoint")
+        for slice_ in range(job.from_slice, settings.slices):
+            slice_started = time.perf_counter()
+            model, optimizer, scheduler = make_training_state(settings, data, job.shard)
+            counters = {"epochs": 0, "steps": 0, "sample_passes": 0}
+            if state is not None:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                counters = dict(state["counters"])
+            n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
+            epochs = slice_epochs[slice_]
+            steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
+                                data=data, shard=job.shard, slice_=slice_, epochs=epochs)
+            counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,
+                        "sample_passes": counters["sample_passes"] + n * epochs}
+            state = {
+                "model": _to_cpu(model.state_dict()),
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "scheduler": scheduler.state_dict(),
+                "counters": dict(counters, shard=job.shard, slice=slice_, samples=n),
+            }
+            ids_sha256 = ids_digest(rows.ids[:n])
+            name = workspace.checkpoint_name(job.shard, slice_, ids_sha256)
+            # Serialise once: the bytes written are the state the next slice resumes from.
+            sha256 = workspace.write_checkpoint(name, state)
+            state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": job.shard,
+                                               "slice": slice_})
+            record = {"shard": job.shard, "slice": slice_, "file": name, "sha256": sha256,
+                      "ids_sha256": ids_sha256, "samples": n, "epochs": epochs,
+                      "seconds": round(time.perf_counter() - slice_started, 4)}
+            records.append(record)
+            if progress is not None:
+                progress(record)
+    return ShardResult(job.shard, records, environment, time.perf_counter() - started)
+
