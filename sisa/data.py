@@ -111,7 +111,7 @@ def load(spec: str, *, id_col: str = "id", label_col: str = "label",
         test = load_rows(test_spec, dataset, options, need_labels=True, what="test data")
         dataset.test = test
     elif dataset.test is None:
-        held_out = test_split_mask(dataset.train.ids, test_fraction)
+        held_out = held_out_mask(dataset.train.ids, test_fraction)
         dataset.test = dataset.train.take(held_out)
         dataset.train = dataset.train.take(~held_out)
     if len(dataset.train) == 0:
@@ -132,9 +132,8 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
         table, _ = _read_table(name, arg, options, need_labels=need_labels, what=what,
                                features=like.feature_names, need_ids=need_ids)
     else:
-        other = SOURCES.get(name)(arg, options)
-        if other.test is None:
-            raise SisaError(f"{what} {spec} has no test split")
+        other = load(spec, id_col=options.id_col, label_col=options.label_col,
+                     test_fraction=options.test_fraction)
         table = other.test
         if tuple(other.shape) != tuple(like.shape):
             raise SisaError(f"{what} {spec} has rows of shape {other.shape}, but the model was "
@@ -155,7 +154,7 @@ def parse_spec(spec: str) -> tuple[str, Optional[str]]:
     return name, (arg if sep else None)
 
 
-def test_split_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
+def held_out_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
     """True for the rows held out for testing, chosen by a hash of the id alone."""
     threshold = int(fraction * 2**64)
     return np.fromiter(
@@ -188,13 +187,28 @@ def _preview(values: Sequence[Any], limit: int = 10) -> str:
 def _digits(arg: Optional[str], options: LoadOptions) -> Dataset:
     if arg:
         raise SisaError("digits takes no path: it is bundled with scikit-learn")
+    images, target = _sklearn_digits()
+    X = images.astype(np.uint8).reshape(-1, 1, 8, 8)  # pixel values 0..16
+    ids = np.arange(len(X), dtype=np.int64)
+    return Dataset("digits", Table(ids, X, target.astype(np.int64)), None, (1, 8, 8),
+                   list(range(10)), scale=1 / 16, defaults={"model": "mlp"})
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits, read from its data file: importing sklearn.datasets
+    costs seconds of start-up, reading the 1,797 rows takes milliseconds."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder, "datasets", "data", "digits.csv.gz")
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+            return table[:, :-1], table[:, -1]
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    X = bunch.images.astype(np.uint8)[:, None, :, :]  # pixel values 0..16
-    ids = np.arange(len(X), dtype=np.int64)
-    return Dataset("digits", Table(ids, X, bunch.target.astype(np.int64)), None, (1, 8, 8),
-                   list(range(10)), scale=1 / 16, defaults={"model": "mlp"})
+    return bunch.data, bunch.target
 
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -384,8 +398,8 @@ def _read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_la
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
                 or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
             raise SisaError(f"{what}: feature column {name!r} is not numeric ({column.type})")
-        values = column.to_numpy(zero_copy_only=False)
-        bad = column.null_count + int(np.count_nonzero(~np.isfinite(values.astype(np.float64))))
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+        bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise SisaError(f"{what}: feature column {name!r} has {bad} missing, NaN or infinite values")
         X[:, j] = values
@@ -423,9 +437,10 @@ def _ids(column, kind: str, what: str, id_col: str) -> np.ndarray:
         if kind == "csv" and text and all(_INT_TEXT.fullmatch(t) and -2**63 <= int(t) < 2**63 for t in text):
             ids = np.array([int(t) for t in text], dtype=np.int64)
         else:
+            empty = sum(1 for t in text if t == "")
+            if empty:
+                raise SisaError(f"{what}: id column {id_col!r} has {empty} missing values")
             ids = np.array(text, dtype=object)
-            if any(t == "" for t in text):
-                raise SisaError(f"{what}: id column {id_col!r} has empty ids")
     else:
         raise SisaError(f"{what}: id column {id_col!r} has type {column.type}; ids must be integers or text")
     unique, counts = np.unique(ids, return_counts=True)

@@ -86,7 +86,7 @@ class Ensemble:
                 raise SisaError(f"rows have shape {X.shape[1:]}, but the model was trained on {shape}")
         if X.dtype.kind not in "iuf" or not np.all(np.isfinite(X)):
             raise SisaError("features must be finite numbers")
-        return np.ascontiguousarray(X)
+        return np.array(X, copy=True, order="C")  # torch wants writable memory
 
     def test_rows(self) -> ShardRows:
         test = self.manifest.get("test")

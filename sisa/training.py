@@ -108,15 +108,29 @@ def deterministic_torch(settings: Settings) -> Iterator[None]:
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     torch.set_num_threads(settings.threads)
-    torch.use_deterministic_algorithms(True)
+    _set_deterministic(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(was_deterministic)
+        _set_deterministic(was_deterministic)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+def _set_deterministic(mode: bool) -> None:
+    import sys
+
+    import torch
+
+    # torch.use_deterministic_algorithms also sets the inductor compiler's flag, and importing
+    # inductor costs seconds of start-up; sisa never compiles, so set the ATen flag alone
+    # unless inductor is already loaded.
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=False)
 
 
 def make_training_state(settings: Settings, data: DataSpec, shard: int):

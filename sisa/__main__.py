@@ -1,0 +1,5 @@
+import sys
+
+from sisa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""The ``sisa`` command line: one small module per subcommand, each a thin layer over the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from sisa.cli import evaluate, predict, status, train
+from sisa.errors import SisaError
+
+COMMANDS = (train.Train, status.Status, evaluate.Eval, predict.Predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sisa import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sisa", description="Exact machine unlearning: sharded, sliced training that can forget.")
+    parser.add_argument("--version", action="version", version=f"sisa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SisaError as exc:
+        print(f"sisa {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sisa {args.command}: interrupted", file=sys.stderr)
+        return 130

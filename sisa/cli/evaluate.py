@@ -1,0 +1,27 @@
+"""``sisa eval``: test accuracy of the ensemble and of each shard model."""
+
+from __future__ import annotations
+
+import argparse
+
+from sisa.cli._common import add_common, emit
+
+
+class Eval:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("eval", help="test accuracy of the ensemble and of each shard",
+                           description="Evaluate the ensemble and each shard model on the "
+                                       "workspace's test rows.")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.ensemble import Ensemble
+        from sisa.store import Workspace
+
+        result = Ensemble(Workspace(args.workdir)).evaluate()
+        lines = [f"ensemble accuracy {result['accuracy']:.4f} on {result['n_test']} test rows "
+                 f"({result['aggregation']})"]
+        lines += [f"shard {i}: {acc:.4f}" for i, acc in enumerate(result["shard_accuracy"])]
+        emit(args, result, "\n".join(lines))
+        return 0

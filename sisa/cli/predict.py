@@ -1,0 +1,91 @@
+"""``sisa predict``: labels and class probabilities for new rows."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sisa.cli._common import add_common, info
+from sisa.errors import SisaError
+
+
+class Predict:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("predict", help="predict labels and probabilities for new rows",
+                           description="Predict with the ensemble. Tables need the training "
+                                       "feature columns (an id column is optional); built-in "
+                                       "datasets give their test split.")
+        p.add_argument("--input", required=True, metavar="SPEC",
+                       help="csv:PATH, parquet:PATH (or a .csv/.parquet path) or a dataset name")
+        p.add_argument("--output", metavar="PATH",
+                       help="write .csv, .parquet or .json here instead of CSV on stdout")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.data import Dataset, LoadOptions, load_rows
+        from sisa.ensemble import Ensemble
+        from sisa.store import Workspace, atomic_write
+
+        ensemble = Ensemble(Workspace(args.workdir))
+        data = ensemble.manifest["data"]
+        like = Dataset(data["spec"], None, None, tuple(data["shape"]), ensemble.classes,
+                       feature_names=data.get("feature_names"))
+        options = LoadOptions(data.get("id_col", "id"), data.get("label_col", "label"),
+                              data.get("test_fraction", 0.2))
+        rows = load_rows(args.input, like, options, need_labels=False, what="input", need_ids=False)
+        proba = ensemble.predict_proba(rows.X)
+        classes = ensemble.classes
+        labels = [classes[i] for i in proba.argmax(axis=1)]
+        ids = rows.ids.tolist()
+        result = {"ids": ids, "labels": labels, "classes": classes, "probabilities": proba.round(6).tolist()}
+        if args.json and not args.output:
+            json.dump(result, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        table = _table(ids, labels, classes, proba)
+        if args.output:
+            path = Path(args.output)
+            suffix = path.suffix.lower()
+            if suffix == ".json":
+                data_bytes = json.dumps(result).encode()
+            elif suffix in (".parquet", ".pq"):
+                import pyarrow.parquet as pq
+
+                buffer = io.BytesIO()
+                pq.write_table(table, buffer)
+                data_bytes = buffer.getvalue()
+            elif suffix == ".csv":
+                data_bytes = _csv_bytes(table)
+            else:
+                raise SisaError(f"--output {path}: use a .csv, .parquet or .json file name")
+            atomic_write(path, data_bytes)
+            info(f"wrote {len(ids)} predictions to {path}")
+            if args.json:
+                json.dump({"output": str(path), "rows": len(ids)}, sys.stdout)
+                sys.stdout.write("\n")
+        else:
+            sys.stdout.write(_csv_bytes(table).decode())
+        return 0
+
+
+def _table(ids, labels, classes, proba: np.ndarray):
+    import pyarrow as pa
+
+    columns = {"id": pa.array(ids), "label": pa.array(labels)}
+    for j, c in enumerate(classes):
+        columns[f"proba_{c}"] = pa.array(proba[:, j])
+    return pa.table(columns)
+
+
+def _csv_bytes(table) -> bytes:
+    import pyarrow.csv as pcsv
+
+    buffer = io.BytesIO()
+    pcsv.write_csv(table, buffer)
+    return buffer.getvalue()

@@ -1,0 +1,44 @@
+"""``sisa status``: settings, partition sizes and the integrity of every checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from sisa.cli._common import add_common, emit
+
+
+class Status:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("status", help="show a workspace and check its files",
+                           description="Show settings, shards, slices and every checkpoint with "
+                                       "whether its file still matches the recorded sha256. "
+                                       "Exits 1 when a file does not match.")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.ensemble import Ensemble
+        from sisa.store import Workspace
+
+        status = Ensemble(Workspace(args.workdir)).status()
+        s, env = status["settings"], status["environment"] or {}
+        lines = [
+            f"workspace {status['workdir']}: {status['data']['spec']}, {status['n_train']} training "
+            f"rows, {status['data']['n_test']} test rows",
+            "settings: " + " ".join(f"{k}={v}" for k, v in s.items()),
+            "numerics: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+            "shard  samples  per slice",
+        ]
+        for shard, (n, per_slice) in enumerate(zip(status["samples_per_shard"], status["samples_per_slice"])):
+            lines.append(f"{shard:5d}  {n:7d}  {' '.join(str(c) for c in per_slice)}")
+        bad = [c for c in status["checkpoints"] if not c["ok"]]
+        bad_files = [f for f in status["shard_files"] if not f["ok"]]
+        for c in bad:
+            lines.append(f"DAMAGED checkpoint shard {c['shard']} slice {c['slice']} ({c['file']}): {c['problem']}")
+        for f in bad_files:
+            lines.append(f"DAMAGED shard file {f['file']}: missing or sha256 mismatch")
+        if not bad and not bad_files:
+            lines.append(f"all {len(status['checkpoints'])} checkpoints and {len(status['shard_files'])} "
+                         f"shard files match their sha256")
+        emit(args, status, "\n".join(lines))
+        return 0 if status["ok"] else 1

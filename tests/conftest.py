@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_table(n: int = 240, features: int = 6, classes: int = 3, seed: int = 0,
+               str_ids: bool = False):
+    """Separable blobs as a pyarrow table with id, label and numeric feature columns."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = rng.normal(0, 3, size=(classes, features))
+    X = (centres[labels] + rng.normal(0, 1, size=(n, features))).astype(np.float32)
+    ids = [f"user-{i:04d}" for i in range(n)] if str_ids else list(range(1000, 1000 + n))
+    columns = {"id": pa.array(ids), "label": pa.array(labels.astype(np.int64))}
+    for j in range(features):
+        columns[f"f{j}"] = pa.array(X[:, j])
+    return pa.table(columns)
+
+
+@pytest.fixture
+def table_file(tmp_path: Path):
+    """Write a table (csv or parquet) and return its path."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    def write(name: str = "data.parquet", table=None, **kwargs) -> Path:
+        table = table if table is not None else make_table(**kwargs)
+        path = tmp_path / name
+        if name.endswith(".csv"):
+            pcsv.write_csv(table, path)
+        else:
+            pq.write_table(table, path)
+        return path
+
+    return write
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def json(self):
+        return json.loads(self.out)
+
+
+def run_cli(*argv: str) -> CliResult:
+    """Run ``sisa`` in-process and capture its exit code and output."""
+    from sisa.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes, to compare a folder before and after."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def checkpoint_shas(workdir: Path) -> dict[tuple[int, int], str]:
+    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
+    return {(r["shard"], r["slice"]): r["sha256"] for r in manifest["checkpoints"]}
+
+
+FAST = ("--epochs", "2", "--shards", "3", "--slices", "2")

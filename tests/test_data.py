@@ -1,0 +1,182 @@
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sisa.data import held_out_mask, load
+from sisa.errors import SisaError
+
+from conftest import make_table
+
+
+def write_idx(folder: Path, n_train: int = 30, n_test: int = 12, size: int = 28, gz: bool = True,
+              seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        blobs = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 0x803, n, size, size) + images.tobytes(),
+                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 0x801, n) + labels.tobytes()}
+        for name, blob in blobs.items():
+            if gz:
+                (folder / (name + ".gz")).write_bytes(gzip.compress(blob))
+            else:
+                (folder / name).write_bytes(blob)
+
+
+def test_digits_is_offline_with_a_hash_held_out_test_split():
+    ds = load("digits")
+    assert ds.shape == (1, 8, 8) and ds.classes == list(range(10))
+    assert len(ds.train) + len(ds.test) == 1797
+    assert 0.15 < len(ds.test) / 1797 < 0.25
+    assert set(ds.train.ids).isdisjoint(ds.test.ids)
+    assert ds.train.X.max() == 16 and ds.scale == 1 / 16
+    again = load("digits")
+    assert np.array_equal(again.test.ids, ds.test.ids)
+
+
+def test_test_split_depends_on_the_id_alone():
+    ids = np.arange(1000)
+    mask = held_out_mask(ids, 0.3)
+    perm = np.random.default_rng(1).permutation(1000)
+    assert np.array_equal(held_out_mask(ids[perm], 0.3), mask[perm])
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.parquet"])
+def test_tables_int_ids(table_file, name):
+    path = table_file(name)
+    kind = "csv" if name.endswith(".csv") else "parquet"
+    ds = load(f"{kind}:{path}")
+    assert ds.id_kind == "int" and ds.shape == (6,) and ds.classes == [0, 1, 2]
+    assert ds.feature_names == [f"f{j}" for j in range(6)]
+    assert len(ds.train) + len(ds.test) == 240
+    assert load(str(path)).train.ids.tolist() == ds.train.ids.tolist()  # bare path by extension
+
+
+def test_csv_and_parquet_give_the_same_ids(table_file):
+    a = load(f"csv:{table_file('d.csv')}")
+    b = load(f"parquet:{table_file('d.parquet')}")
+    assert a.train.ids.tolist() == b.train.ids.tolist()
+    assert np.allclose(a.train.X, b.train.X)
+
+
+def test_string_ids_labels_and_custom_columns(table_file):
+    table = make_table(str_ids=True).rename_columns(
+        ["user", "target"] + [f"f{j}" for j in range(6)])
+    table = table.set_column(1, "target", pa.array([["cat", "dog", "emu"][i % 3] for i in range(240)]))
+    path = table_file("s.csv", table=table)
+    ds = load(f"csv:{path}", id_col="user", label_col="target")
+    assert ds.id_kind == "str" and ds.classes == ["cat", "dog", "emu"]
+    assert all(i.startswith("user-") for i in ds.train.ids)
+
+
+def test_leading_zero_ids_stay_text(tmp_path):
+    path = tmp_path / "z.csv"
+    path.write_text("id,label,x\n007,0,1.0\n8,1,2.0\n9,0,3.0\n")
+    ds = load(f"csv:{path}", test_spec=f"csv:{path}")
+    assert sorted(ds.train.ids.tolist()) == ["007", "8", "9"]
+
+
+def test_separate_test_data(table_file):
+    train = table_file("train.parquet", n=120)
+    test = table_file("test.parquet", n=30, seed=0)
+    ds = load(f"parquet:{train}", test_spec=f"parquet:{test}")
+    assert len(ds.train) == 120 and len(ds.test) == 30
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,label,x\n1,0,1.0\n1,1,2.0\n", "duplicate ids in column 'id': 1"),
+    ("id,label,x\n1,0,1.0\n,1,2.0\n", "has 1 missing values"),
+    ("id,x\n1,1.0\n2,2.0\n", "no label column 'label'"),
+    ("label,x\n0,1.0\n1,2.0\n", "no id column 'id'"),
+    ("id,label,x\n1,0,1.0\n2,1,abc\n", "feature column 'x' is not numeric"),
+    ("id,label,x\n1,0,1.0\n2,1,nan\n", "feature column 'x' has 1 missing, NaN or infinite values"),
+    ("id,label,x\n1,0,1.0\n2,1,\n", "feature column 'x' has 1 missing"),
+    ("id,label\n1,0\n2,1\n", "no feature columns"),
+    ("id,label,x\n1,0.5,1.0\n2,1,2.0\n", "non-integer numbers"),
+    ("id,label,x\n1,,1.0\n2,1,2.0\n", "label column 'label' has 1 missing values"),
+])
+def test_bad_tables_are_refused_with_a_clear_message(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(SisaError, match=message):
+        load(f"csv:{path}")
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(SisaError, match="unknown dataset 'imagenet'"):
+        load("imagenet")
+    with pytest.raises(SisaError, match="no such file"):
+        load(f"csv:{tmp_path / 'nope.csv'}")
+    unreadable = tmp_path / "x.parquet"
+    unreadable.write_bytes(b"not parquet at all")
+    with pytest.raises(SisaError, match="cannot read"):
+        load(f"parquet:{unreadable}")
+    with pytest.raises(SisaError, match="test fraction"):
+        load("digits", test_fraction=1.5)
+
+
+def test_fashion_mnist_from_flat_gz_files(tmp_path):
+    write_idx(tmp_path / "fm", gz=True)
+    ds = load(f"fashion-mnist:{tmp_path / 'fm'}")
+    assert ds.shape == (1, 28, 28) and len(ds.train) == 30 and len(ds.test) == 12
+    assert ds.train.X.dtype == np.uint8 and ds.train.ids.tolist() == list(range(30))
+    assert ds.train.y.tolist() == [i % 10 for i in range(30)]
+    assert ds.defaults["model"] == "cnn"
+
+
+def test_mnist_from_torchvision_layout(tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", gz=False, size=16)
+    ds = load(f"mnist:{tmp_path}")
+    assert ds.shape == (1, 16, 16) and len(ds.train) == 30
+
+
+def test_missing_image_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(SisaError, match=r"fashion-mnist files not found in .*train-images-idx3-ubyte"):
+        load(f"fashion-mnist:{tmp_path}")
+    with pytest.raises(SisaError, match="cifar10 files not found"):
+        load(f"cifar10:{tmp_path}")
+
+
+def test_corrupt_idx_files_are_refused(tmp_path):
+    write_idx(tmp_path / "fm", gz=True)
+    (tmp_path / "fm" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    with pytest.raises(SisaError, match="fashion-mnist"):
+        load(f"fashion-mnist:{tmp_path / 'fm'}")
+
+
+def test_cifar10_binary_version(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}.bin", 4) for i in range(1, 6)] + [("test_batch.bin", 6)]:
+        records = np.concatenate([(np.arange(n) % 10).astype(np.uint8)[:, None],
+                                  rng.integers(0, 256, (n, 3072), dtype=np.uint8)], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+    ds = load(f"cifar10:{tmp_path}")
+    assert ds.shape == (3, 32, 32) and len(ds.train) == 20 and len(ds.test) == 6
+    assert ds.train.y.tolist()[:4] == [0, 1, 2, 3]
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar10_python_batches_that_are_not_genuine_are_never_unpickled(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(SisaError, match="refusing to unpickle"):
+        load(f"cifar10:{tmp_path}")
+    assert not marker.exists()

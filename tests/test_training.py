@@ -1,0 +1,98 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sisa.api import train_workspace
+from sisa.data import load
+from sisa.settings import Settings
+from sisa.store import Workspace
+from sisa.training import DataSpec, ShardJob, run_shard_job
+
+from conftest import checkpoint_shas
+
+SMALL = Settings(shards=3, slices=3, epochs=3, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def test_same_settings_give_bit_identical_checkpoints(tmp_path, digits):
+    train_workspace(tmp_path / "a", digits, SMALL)
+    torch.manual_seed(12345)  # global RNG history must not matter
+    np.random.seed(7)
+    train_workspace(tmp_path / "b", digits, SMALL)
+    a, b = checkpoint_shas(tmp_path / "a"), checkpoint_shas(tmp_path / "b")
+    assert len(a) == 9 and a == b
+    c = checkpoint_shas_after(tmp_path / "c", digits, SMALL.replace(seed=1))
+    assert set(c.values()).isdisjoint(a.values())
+
+
+def checkpoint_shas_after(path, dataset, settings):
+    train_workspace(path, dataset, settings)
+    return checkpoint_shas(path)
+
+
+def test_resuming_from_any_slice_checkpoint_is_bit_identical(tmp_path, digits):
+    """The property exact deletion relies on: restore slice r-1 and retrain from r."""
+    ws_path = tmp_path / "ws"
+    train_workspace(ws_path, digits, SMALL)
+    before = checkpoint_shas(ws_path)
+    manifest = Workspace(ws_path).read_manifest()
+    records = Workspace(ws_path).read_checkpoints_manifest()["checkpoints"]
+    data = manifest["data"]
+    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
+    shard = manifest["shards"][1]
+    for from_slice in range(SMALL.slices):
+        copy = tmp_path / f"resume-{from_slice}"
+        shutil.copytree(ws_path, copy)
+        for r in records:  # later checkpoints are gone, as after a rollback
+            if r["shard"] == 1 and r["slice"] >= from_slice:
+                (copy / "checkpoints" / r["file"]).unlink()
+        start = next((r for r in records if r["shard"] == 1 and r["slice"] == from_slice - 1), None)
+        result = run_shard_job(ShardJob(str(copy), 1, SMALL, spec, shard["file"], shard["sha256"],
+                                        from_slice=from_slice, start=start))
+        assert [r["slice"] for r in result.checkpoints] == list(range(from_slice, SMALL.slices))
+        for r in result.checkpoints:
+            assert r["sha256"] == before[(1, r["slice"])]
+
+
+def test_checkpoints_hold_model_optimizer_scheduler_and_counters(tmp_path, digits):
+    settings = SMALL.replace(scheduler="cosine", optimizer="sgd", lr=0.05)
+    train_workspace(tmp_path, digits, settings)
+    ws = Workspace(tmp_path)
+    records = ws.read_checkpoints_manifest()["checkpoints"]
+    epochs = settings.slice_epochs()
+    for r in records:
+        state = ws.load_checkpoint(r)
+        assert set(state) == {"model", "optimizer", "scheduler", "counters"}
+        assert state["optimizer"]["state"], "momentum buffers are saved"
+        assert state["scheduler"]["last_epoch"] == sum(epochs[:r["slice"] + 1])
+        assert state["counters"]["slice"] == r["slice"] and state["counters"]["samples"] == r["samples"]
+        assert state["counters"]["epochs"] == sum(epochs[:r["slice"] + 1])
+        assert len(r["ids_sha256"]) == 64 and r["ids_sha256"][:16] in r["file"]
+    env = ws.read_checkpoints_manifest()["environment"]
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu_capability"]
+
+
+def test_threads_setting_is_restored_and_recorded(tmp_path, digits):
+    before = torch.get_num_threads()
+    train_workspace(tmp_path, digits, SMALL.replace(threads=2, shards=2, slices=1, epochs=1))
+    assert torch.get_num_threads() == before
+    assert not torch.are_deterministic_algorithms_enabled()
+    env = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())["environment"]
+    assert env["threads"] == 2
+
+
+def test_slices_train_on_the_union_so_far(tmp_path, digits):
+    train_workspace(tmp_path, digits, SMALL)
+    manifest = Workspace(tmp_path).read_manifest()
+    records = Workspace(tmp_path).read_checkpoints_manifest()["checkpoints"]
+    for entry in manifest["shards"]:
+        samples = [r["samples"] for r in records if r["shard"] == entry["shard"]]
+        assert samples == np.cumsum(entry["slice_rows"]).tolist()
+    assert sum(e["rows"] for e in manifest["shards"]) == len(digits.train)
