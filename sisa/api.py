@@ -190,7 +190,8 @@ class SISAClassifier:
         return self._fitted().predict_proba(X)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     def score(self, X: np.ndarray, y: Sequence) -> float:
         return float(np.mean(self.predict(X) == np.asarray(y)))

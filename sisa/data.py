@@ -248,7 +248,7 @@ def _idx_source(name: str, tv_class: str, system_dir: Optional[str]) -> Loader:
                                         images.astype(np.uint8)[:, None], labels.astype(np.int64)))
             h, w = splits[0].X.shape[2:]
             return Dataset(name, splits[0], splits[1], (1, int(h), int(w)), list(range(10)),
-                           scale=1 / 255, defaults={"model": "cnn", "epochs": 8, "batch_size": 64})
+                           scale=1 / 255, defaults={"model": "cnn", "epochs": 5, "batch_size": 64})
         where = " or ".join(str(c) for c in candidates)
         hint = " (Debian: apt-get install dataset-fashion-mnist)" if system_dir else ""
         raise SisaError(

@@ -33,6 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SisaError as exc:
         print(f"sisa {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, permissions: the operation was rolled back
+        print(f"sisa {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sisa {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,195 @@
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FAST, checkpoint_shas, make_table, run_cli, tree
+
+
+def test_default_train_on_digits_is_accurate_and_fast(tmp_path):
+    """The README's main job: `sisa train` with no flags."""
+    started = time.perf_counter()
+    result = run_cli("train", "--workdir", tmp_path, "--json")
+    seconds = time.perf_counter() - started
+    assert result.code == 0, result.err
+    summary = result.json
+    assert summary["accuracy"] >= 0.95
+    assert seconds < 60
+    assert summary["shards"] == 5 and len(summary["shard_accuracy"]) == 5
+    assert summary["seconds"] > 0
+    lines = [line for line in result.err.splitlines() if line.startswith("shard ")]
+    assert len(lines) == 5 * 4 and "samples" in lines[0]
+
+
+def test_human_summary(tmp_path):
+    result = run_cli("train", "--workdir", tmp_path, *FAST)
+    assert result.code == 0
+    assert "test accuracy" in result.out and "trained 3 shards x 2 slices" in result.out
+
+
+def test_train_refuses_an_existing_workspace_unless_forced(tmp_path):
+    assert run_cli("train", "--workdir", tmp_path, *FAST).code == 0
+    before = tree(tmp_path)
+    again = run_cli("train", "--workdir", tmp_path, *FAST, "--seed", "3")
+    assert again.code == 1 and "already holds a sisa workspace" in again.err and "--force" in again.err
+    assert tree(tmp_path) == before
+    forced = run_cli("train", "--workdir", tmp_path, "--epochs", "1", "--shards", "2", "--slices", "1",
+                     "--force")
+    assert forced.code == 0
+    shas = checkpoint_shas(tmp_path)
+    assert sorted(shas) == [(0, 0), (1, 0)]
+    files = sorted(p.name for p in (tmp_path / "checkpoints").rglob("*.pt"))
+    assert len(files) == 2, "the old workspace's checkpoints are gone"
+
+
+def test_status_reports_every_checkpoint(tmp_path):
+    run_cli("train", "--workdir", tmp_path, *FAST)
+    status = run_cli("status", "--workdir", tmp_path, "--json")
+    assert status.code == 0
+    s = status.json
+    assert s["shards"] == 3 and s["slices"] == 2 and s["n_train"] > 1000 and s["ok"]
+    assert len(s["checkpoints"]) == 6
+    assert all(c["ok"] and len(c["sha256"]) == 64 for c in s["checkpoints"])
+    assert {(c["shard"], c["slice"]) for c in s["checkpoints"]} == {(i, j) for i in range(3) for j in range(2)}
+    assert sum(s["samples_per_shard"]) == s["n_train"]
+    human = run_cli("status", "--workdir", tmp_path)
+    assert "all 6 checkpoints and 3 shard files match" in human.out
+
+
+def test_status_reports_a_flipped_byte_and_predict_refuses_it(tmp_path):
+    run_cli("train", "--workdir", tmp_path, *FAST)
+    manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
+    target = next(r for r in manifest["checkpoints"] if r["shard"] == 2 and r["slice"] == 1)
+    path = tmp_path / "checkpoints" / target["file"]
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x40
+    path.write_bytes(bytes(data))
+    status = run_cli("status", "--workdir", tmp_path, "--json")
+    assert status.code == 1
+    bad = [c for c in status.json["checkpoints"] if not c["ok"]]
+    assert [(c["shard"], c["slice"], c["problem"]) for c in bad] == [(2, 1, "sha256 mismatch")]
+    human = run_cli("status", "--workdir", tmp_path)
+    assert "DAMAGED checkpoint shard 2 slice 1" in human.out
+    for command in (("eval",), ("predict", "--input", "digits")):
+        refused = run_cli(*command, "--workdir", tmp_path)
+        assert refused.code == 1 and "does not match its recorded sha256" in refused.err
+
+
+def test_eval_json(tmp_path):
+    train = run_cli("train", "--workdir", tmp_path, *FAST, "--json")
+    result = run_cli("eval", "--workdir", tmp_path, "--json")
+    assert result.code == 0
+    assert result.json["accuracy"] == pytest.approx(train.json["accuracy"])
+    assert len(result.json["shard_accuracy"]) == 3
+    assert 0.5 < result.json["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("aggregation", ["mean-proba", "vote", "size-weighted"])
+def test_each_aggregator_through_the_cli(tmp_path, aggregation):
+    result = run_cli("train", "--workdir", tmp_path, *FAST, "--aggregation", aggregation, "--json")
+    assert result.code == 0 and result.json["aggregation"] == aggregation
+    assert result.json["accuracy"] > 0.5
+
+
+def test_predict_tables_in_every_output_format(tmp_path, table_file):
+    data = table_file("train.parquet", n=300)
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{data}", "--workdir", ws, *FAST).code == 0
+    new = make_table(n=20, seed=0).drop(["id", "label"])  # no id or label: rows are numbered
+    pq.write_table(new, tmp_path / "new.parquet")
+    out = run_cli("predict", "--workdir", ws, "--input", f"parquet:{tmp_path / 'new.parquet'}", "--json")
+    assert out.code == 0
+    result = out.json
+    assert result["ids"] == list(range(20)) and len(result["labels"]) == 20
+    assert np.allclose(np.sum(result["probabilities"], axis=1), 1, atol=1e-5)
+    assert set(result["labels"]) <= {0, 1, 2}
+    csv = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet")
+    assert csv.out.splitlines()[0] == '"id","label","proba_0","proba_1","proba_2"'
+    for suffix in ("csv", "parquet", "json"):
+        target = tmp_path / f"pred.{suffix}"
+        done = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet", "--output", target)
+        assert done.code == 0 and target.exists() and "wrote 20 predictions" in done.err
+    assert pq.read_table(tmp_path / "pred.parquet").column("label").to_pylist() == result["labels"]
+    missing = make_table(n=5).drop(["f3"])
+    pq.write_table(missing, tmp_path / "missing.parquet")
+    bad = run_cli("predict", "--workdir", ws, "--input", tmp_path / "missing.parquet")
+    assert bad.code == 1 and "missing feature columns 'f3'" in bad.err
+
+
+def test_predict_on_a_builtin_dataset_matches_eval(tmp_path):
+    run_cli("train", "--workdir", tmp_path, *FAST)
+    pred = run_cli("predict", "--workdir", tmp_path, "--input", "digits", "--json").json
+    assert len(pred["labels"]) == json.loads((tmp_path / "shards" / "manifest.json").read_text())["data"]["n_test"]
+
+
+def test_shuffled_parquet_rows_give_identical_checkpoints(tmp_path):
+    table = make_table(n=300)
+    pq.write_table(table, tmp_path / "a.parquet")
+    perm = np.random.default_rng(0).permutation(300)
+    pq.write_table(table.take(perm), tmp_path / "b.parquet")
+    for name in ("a", "b"):
+        result = run_cli("train", "--data", f"parquet:{tmp_path / (name + '.parquet')}",
+                         "--workdir", tmp_path / f"ws-{name}", *FAST)
+        assert result.code == 0, result.err
+    a, b = checkpoint_shas(tmp_path / "ws-a"), checkpoint_shas(tmp_path / "ws-b")
+    assert len(a) == 6 and a == b
+    for shard in range(3):
+        name = f"shards/shard-{shard:03d}.parquet"
+        assert (tmp_path / "ws-a" / name).read_bytes() == (tmp_path / "ws-b" / name).read_bytes()
+
+
+def test_shard_files_hold_id_shard_slice_label_features(tmp_path, table_file):
+    data = table_file("d.csv", n=200, str_ids=True)
+    run_cli("train", "--data", f"csv:{data}", "--workdir", tmp_path / "ws", *FAST)
+    table = pq.read_table(tmp_path / "ws" / "shards" / "shard-001.parquet")
+    assert table.column_names == ["id", "shard", "slice", "label", "features"]
+    assert set(table.column("shard").to_pylist()) == {1}
+    assert all(i.startswith("user-") for i in table.column("id").to_pylist())
+    assert len(table.column("features")[0]) == 6
+
+
+@pytest.mark.parametrize("content, flags, message", [
+    ("id,label,x\n1,0,1\n1,1,2\n", (), "duplicate ids"),
+    ("id,label,x\n1,0,1\n,1,2\n", (), "missing values"),
+    ("id,x\n1,1\n2,2\n", (), "no label column 'label'"),
+    ("id,label,x\n1,0,1\n2,1,oops\n", (), "not numeric"),
+    ("id,label,x\n1,0,1\n2,1,nan\n", (), "NaN"),
+    ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(6)), ("--shards", "50"),
+     "more shards than samples"),
+    ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(40)), ("--shards", "2", "--slices", "30"),
+     "more slices than samples in a shard"),
+    ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(40)), ("--model", "cnn"),
+     "needs image data"),
+    ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(40)), ("--model", "transformer"),
+     "unknown model 'transformer'"),
+])
+def test_bad_input_fails_cleanly_and_leaves_the_workspace_alone(tmp_path, content, flags, message):
+    ws = tmp_path / "ws"
+    (ws / "shards").mkdir(parents=True)
+    (ws / "shards" / "README.md").write_text("user file\n")
+    before = tree(ws)
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = run_cli("train", "--data", f"csv:{path}", "--workdir", ws, "--epochs", "1", *flags)
+    assert result.code == 1
+    assert message in result.err and "Traceback" not in result.err
+    assert tree(ws) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("train", "--data", "imagenet"), "unknown dataset 'imagenet'"),
+    (("train", "--data", "csv:/no/such/file.csv"), "no such file"),
+    (("train", "--shards", "0"), "shards must be a positive integer"),
+    (("status",), "no sisa workspace"),
+    (("eval",), "no sisa workspace"),
+])
+def test_usage_errors(tmp_path, argv, message):
+    result = run_cli(*argv, "--workdir", tmp_path / "empty")
+    assert result.code == 1 and message in result.err
+    assert not (tmp_path / "empty" / "shards" / "manifest.json").exists()
+
+
+def test_unknown_flag_is_a_usage_error(tmp_path):
+    assert run_cli("train", "--colour", "red").code == 2
