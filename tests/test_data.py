@@ -180,3 +180,14 @@ def test_cifar10_python_batches_that_are_not_genuine_are_never_unpickled(tmp_pat
     with pytest.raises(SisaError, match="refusing to unpickle"):
         load(f"cifar10:{tmp_path}")
     assert not marker.exists()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_from_debian_package():
+    ds = load("fashion-mnist")  # found in /usr/share/datasets/fashion-mnist without a path
+    assert ds.shape == (1, 28, 28) and len(ds.train) == 60000 and len(ds.test) == 10000
+    assert np.bincount(ds.train.y).tolist() == [6000] * 10
