@@ -11,7 +11,7 @@ from sisa.errors import SisaError
 from sisa.settings import Settings
 from sisa.store import ShardRows, Workspace, sha256_file
 from sisa.models import build_model
-from sisa.training import DataSpec, deterministic_torch
+from sisa.training import DataSpec, deterministic_torch, numerics_environment
 
 
 class Ensemble:
@@ -123,7 +123,9 @@ class Ensemble:
             ok = sha256_file(self.workspace.shards_dir / entry["file"]) == entry["sha256"]
             shard_files.append({"shard": entry["shard"], "file": entry["file"], "ok": ok})
         data = self.manifest["data"]
+        recorded = self.checkpoints_manifest.get("environment") or {}
         return {
+            "environment_differences": environment_differences(recorded, self.settings),
             "workdir": str(self.workspace.root),
             "settings": self.settings.to_dict(),
             "data": {k: data[k] for k in ("spec", "shape", "id_kind", "n_train", "n_test")},
@@ -137,3 +139,17 @@ class Ensemble:
             "checkpoints": checkpoints,
             "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files),
         }
+
+
+def environment_differences(recorded: dict[str, Any], settings: Settings) -> list[str]:
+    """How this machine's numerics differ from those the checkpoints were trained under.
+
+    Any difference means a retrain here would not reproduce the checkpoints bit for bit.
+    """
+    import torch
+
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        return ["device: the checkpoints were trained on cuda, and torch sees no CUDA device here"]
+    current = numerics_environment(settings)
+    return [f"{key}: trained under {recorded.get(key)!r}, this machine has {current.get(key)!r}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]

@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import FAST, checkpoint_shas, make_table, run_cli, tree
 
@@ -54,8 +55,15 @@ def test_status_reports_every_checkpoint(tmp_path):
     assert all(c["ok"] and len(c["sha256"]) == 64 for c in s["checkpoints"])
     assert {(c["shard"], c["slice"]) for c in s["checkpoints"]} == {(i, j) for i in range(3) for j in range(2)}
     assert sum(s["samples_per_shard"]) == s["n_train"]
+    assert s["environment_differences"] == []
     human = run_cli("status", "--workdir", tmp_path)
-    assert "all 6 checkpoints and 3 shard files match" in human.out
+    assert "all 6 checkpoints and 3 shard files match" in human.out and "note:" not in human.out
+    manifest_path = tmp_path / "checkpoints" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["environment"]["torch"] = "1.0.0"
+    manifest_path.write_text(json.dumps(manifest))
+    moved = run_cli("status", "--workdir", tmp_path, "--json").json
+    assert moved["environment_differences"][0].startswith("torch: trained under '1.0.0'")
 
 
 def test_status_reports_a_flipped_byte_and_predict_refuses_it(tmp_path):
@@ -182,6 +190,8 @@ def test_bad_input_fails_cleanly_and_leaves_the_workspace_alone(tmp_path, conten
     (("train", "--data", "imagenet"), "unknown dataset 'imagenet'"),
     (("train", "--data", "csv:/no/such/file.csv"), "no such file"),
     (("train", "--shards", "0"), "shards must be a positive integer"),
+    pytest.param(("train", "--device", "cuda"), "torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     (("status",), "no sisa workspace"),
     (("eval",), "no sisa workspace"),
 ])

@@ -40,5 +40,8 @@ class Status:
         if not bad and not bad_files:
             lines.append(f"all {len(status['checkpoints'])} checkpoints and {len(status['shard_files'])} "
                          f"shard files match their sha256")
+        for difference in status["environment_differences"]:
+            lines.append(f"note: numerics differ from training ({difference}); a retrain on this "
+                         f"machine would not reproduce the checkpoints bit for bit")
         emit(args, status, "\n".join(lines))
         return 0 if status["ok"] else 1
