@@ -222,7 +222,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
                 scheduler.load_state_dict(state["scheduler"])
                 counters = dict(state["counters"])
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
-            epochs = slice_epochs[slice_]
+            epochs = slice_epochs[slice_] if n else 0  # nothing to train on yet
             steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
                                 data=data, shard=job.shard, slice_=slice_, epochs=epochs)
             counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,

@@ -96,3 +96,25 @@ def test_slices_train_on_the_union_so_far(tmp_path, digits):
         samples = [r["samples"] for r in records if r["shard"] == entry["shard"]]
         assert samples == np.cumsum(entry["slice_rows"]).tolist()
     assert sum(e["rows"] for e in manifest["shards"]) == len(digits.train)
+
+
+def test_a_slice_left_empty_by_the_hash_trains_on_the_rows_before_it(tmp_path):
+    from sisa.data import Dataset, Table
+    from sisa.partition import assign
+
+    ids = np.arange(14)
+    seed = next(s for s in range(200) if _has_empty_slice(assign(ids, seed=s, shards=2, slices=3)))
+    X = np.random.default_rng(0).normal(size=(14, 4)).astype(np.float32)
+    ds = Dataset("array", Table(ids, X, np.arange(14) % 2), None, (4,), [0, 1])
+    train_workspace(tmp_path, ds, Settings(shards=2, slices=3, epochs=3, seed=seed))
+    records = Workspace(tmp_path).read_checkpoints_manifest()["checkpoints"]
+    assert len(records) == 6
+    samples = {(r["shard"], r["slice"]): r["samples"] for r in records}
+    assert any(samples[(s, r)] == samples[(s, r - 1)] for s in range(2) for r in range(1, 3)) or \
+        any(samples[(s, 0)] == 0 for s in range(2))
+
+
+def _has_empty_slice(a):
+    counts = np.zeros((2, 3), dtype=int)
+    np.add.at(counts, (a.shard, a.slice), 1)
+    return (counts == 0).any() and (counts.sum(1) >= 3).all()
