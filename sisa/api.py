@@ -57,8 +57,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
         shard_entries = []
         for s in range(settings.shards):
             rows = shard_order(assignment, s)
-            name = f"shard-{s:03d}.parquet"
-            sha = workspace.write_data_file(name, rows_to_parquet(
+            name, sha = workspace.write_shard_file(s, rows_to_parquet(
                 train.ids[rows], s, assignment.slice[rows], labels[rows], train.X[rows]))
             shard_entries.append({"shard": s, "file": name, "sha256": sha, "rows": int(len(rows)),
                                   "slice_rows": counts[s].tolist()})
@@ -72,7 +71,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
 
         spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
         jobs = [ShardJob(str(workspace.root), e["shard"], settings, spec, e["file"], e["sha256"])
-                for e in shard_entries]
+                for e in shard_entries if e["rows"]]
         records, environments = [], []
         for result in (executor or make_executor("local")).run(jobs, progress):
             records.extend(result.checkpoints)

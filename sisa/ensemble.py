@@ -41,11 +41,16 @@ class Ensemble:
         return self.manifest["data"].get("feature_names")
 
     def final_records(self) -> list[dict[str, Any]]:
-        """The checkpoint after the last slice of each shard, in shard order."""
+        """The checkpoint after the last slice of each shard that has one, in shard order.
+
+        A shard without one (emptied by deletions, or waiting to be retrained) is left out.
+        """
         last = {}
         for record in self.records:
             if record["slice"] == self.settings.slices - 1:
                 last[record["shard"]] = record
+        if not last:
+            raise SisaError("no shard has a trained model: every shard is empty or waiting for retraining")
         return [last[s] for s in sorted(last)]
 
     def shard_sizes(self) -> list[int]:

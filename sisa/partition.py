@@ -52,8 +52,8 @@ def assign(ids: Iterable, *, seed: int, shards: int, slices: int) -> Assignment:
 
 
 def check_sizes(assignment: Assignment, *, shards: int, slices: int) -> np.ndarray:
-    """Rows per (shard, slice); refuses settings that leave a shard empty or with fewer rows
-    than slices. A slice may still be empty by chance (or after deletions): its slice then
+    """Rows per (shard, slice); refuses more shards than rows, or a shard with fewer rows than
+    slices. An empty shard (by chance, or after deleting all its rows) has no model. A slice may still be empty by chance (or after deletions): its slice then
     trains on the same rows as the one before."""
     n = len(assignment.shard)
     if shards > n:
@@ -61,10 +61,7 @@ def check_sizes(assignment: Assignment, *, shards: int, slices: int) -> np.ndarr
     counts = np.zeros((shards, slices), dtype=np.int64)
     np.add.at(counts, (assignment.shard, assignment.slice), 1)
     for s in range(shards):
-        if counts[s].sum() == 0:
-            raise SisaError(f"shard {s} gets no rows ({shards} shards for {n} training rows); "
-                            f"use fewer shards")
-        if counts[s].sum() < slices:
+        if 0 < counts[s].sum() < slices:
             raise SisaError(f"more slices than samples in a shard: shard {s} has {counts[s].sum()} rows "
                             f"for {slices} slices; use fewer slices")
     return counts

@@ -3,7 +3,8 @@
 Layout (see shards/README.md and checkpoints/README.md):
 
     shards/manifest.json        settings, data description, shard files with their sha256
-    shards/shard-NNN.parquet    the training rows of shard NNN (id, shard, slice, label, features)
+    shards/shard-NNN-<sha>.parquet  the training rows of shard NNN (id, shard, slice, label,
+                                features); <sha> starts the file's sha256
     shards/test.parquet         the evaluation rows
     checkpoints/manifest.json   every checkpoint with its sha256, id-set hash and timings, and the
                                 numerics environment it was trained under
@@ -179,6 +180,14 @@ class Workspace:
         atomic_write(self.shards_dir / name, data)
         return sha256_bytes(data)
 
+    def write_shard_file(self, shard: int, data: bytes) -> tuple[str, str]:
+        """Write a shard's rows under a name carrying their sha256, so a new version never
+        overwrites the file the manifest still points to. Returns (name, sha256)."""
+        sha = sha256_bytes(data)
+        name = f"shard-{shard:03d}-{sha[:12]}.parquet"
+        atomic_write(self.shards_dir / name, data)
+        return name, sha
+
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         path = self.shards_dir / name
         try:
@@ -191,6 +200,10 @@ class Workspace:
         return parquet_to_rows(data, tuple(shape), dtype)
 
     # -- checkpoints
+    @property
+    def ledger_path(self) -> Path:
+        return self.shards_dir / "ledger.sqlite"
+
     def checkpoint_name(self, shard: int, slice_: int, ids_sha256: str) -> str:
         return f"shard-{shard:03d}/slice-{slice_:02d}-{ids_sha256[:16]}.pt"
 
