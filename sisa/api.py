@@ -112,9 +112,11 @@ def _clear(workspace: Workspace) -> None:
     """Remove what sisa keeps in a workspace (manifest first), leaving other files alone."""
     for path in (workspace.manifest_path, workspace.checkpoints_manifest_path):
         path.unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):  # the ledger belongs to the workspace it replaces
+        Path(f"{workspace.ledger_path}{suffix}").unlink(missing_ok=True)
     if workspace.shards_dir.is_dir():
         for path in list(workspace.shards_dir.glob("shard-*.parquet")) + \
-                list(workspace.shards_dir.glob("test.parquet")) + list(workspace.shards_dir.glob(".*.tmp-*")):
+                list(workspace.shards_dir.glob("test*.parquet")) + list(workspace.shards_dir.glob(".*.tmp-*")):
             path.unlink()
     if workspace.checkpoints_dir.is_dir():
         for path in workspace.checkpoints_dir.glob("shard-*"):

@@ -35,6 +35,7 @@ class Ensemble:
         self.data = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(self.classes))
         self.records = sorted(self.checkpoints_manifest["checkpoints"],
                               key=lambda r: (r["shard"], r["slice"]))
+        self.pending_shards = _pending_shards(workspace)
 
     @property
     def feature_names(self) -> Optional[list[str]]:
@@ -47,7 +48,7 @@ class Ensemble:
         """
         last = {}
         for record in self.records:
-            if record["slice"] == self.settings.slices - 1:
+            if record["slice"] == self.settings.slices - 1 and record["shard"] not in self.pending_shards:
                 last[record["shard"]] = record
         if not last:
             raise SisaError("no shard has a trained model: every shard is empty or waiting for retraining")
@@ -110,6 +111,7 @@ class Ensemble:
             "accuracy": float(np.mean(ensemble.argmax(1) == rows.label)),
             "shard_accuracy": [float(np.mean(p.argmax(1) == rows.label)) for p in probas],
             "n_test": int(len(rows.label)),
+            "shards_used": [r["shard"] for r in self.final_records()],
             "aggregation": self.settings.aggregation,
         }
 
@@ -129,7 +131,19 @@ class Ensemble:
             shard_files.append({"shard": entry["shard"], "file": entry["file"], "ok": ok})
         data = self.manifest["data"]
         recorded = self.checkpoints_manifest.get("environment") or {}
+        deletions = {"deleted_ids": 0, "pending": 0}
+        if self.workspace.ledger_path.exists():
+            from sisa.ledger import Ledger
+
+            ledger = Ledger(self.workspace.ledger_path)
+            try:
+                counts = ledger.counts()
+            finally:
+                ledger.close()
+            deletions = {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]}
         return {
+            "deletions": deletions,
+            "left_out_shards": sorted(self.pending_shards),
             "environment_differences": environment_differences(recorded, self.settings),
             "workdir": str(self.workspace.root),
             "settings": self.settings.to_dict(),
@@ -144,6 +158,20 @@ class Ensemble:
             "checkpoints": checkpoints,
             "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files),
         }
+
+
+def _pending_shards(workspace: Workspace) -> set[int]:
+    """Shards with deletions recorded but not committed: their checkpoints may have seen
+    deleted rows, so they are never used until retrained."""
+    if not workspace.ledger_path.exists():
+        return set()
+    from sisa.ledger import Ledger
+
+    ledger = Ledger(workspace.ledger_path)
+    try:
+        return {shard for shard, _ in ledger.deleted(pending_only=True).values() if shard >= 0}
+    finally:
+        ledger.close()
 
 
 def environment_differences(recorded: dict[str, Any], settings: Settings) -> list[str]:

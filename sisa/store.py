@@ -104,7 +104,7 @@ def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.n
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat = np.ascontiguousarray(X.reshape(len(X), -1))
+    flat = np.ascontiguousarray(X.reshape(len(X), int(np.prod(X.shape[1:]))))
     width = flat.shape[1]
     columns = {"id": pa.array(ids.tolist() if ids.dtype == object else ids)}
     if shard is not None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from sisa.cli import evaluate, predict, status, train
+from sisa.cli import delete, evaluate, predict, status, train
 from sisa.errors import SisaError
 
-COMMANDS = (train.Train, status.Status, evaluate.Eval, predict.Predict)
+COMMANDS = (train.Train, delete.Delete, status.Status, evaluate.Eval, predict.Predict,
+            delete.Recover, delete.Audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SisaError as exc:
         print(f"sisa {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a reader that stopped (sisa status | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # disk full, permissions: the operation was rolled back
         print(f"sisa {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -30,3 +30,20 @@ def info(message: str) -> None:
 
 def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
+def recover_first(workdir: str) -> None:
+    """Finish deletions a crash interrupted before a command reads the models."""
+    from sisa.store import Workspace
+    from sisa.unlearn import complete_pending
+
+    workspace = Workspace(workdir)
+    workspace.read_manifest()
+    shards = complete_pending(workspace, progress=retrain_progress)
+    if shards:
+        info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")
+
+
+def retrain_progress(record: dict[str, Any]) -> None:
+    info(f"shard {record['shard']} slice {record['slice']}: {record['samples']} samples, "
+         f"{record['epochs']} epochs, {fmt_seconds(record['seconds'])}")

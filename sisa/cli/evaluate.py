@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sisa.cli._common import add_common, emit
+from sisa.cli._common import add_common, recover_first, emit
 
 
 class Eval:
@@ -19,9 +19,10 @@ class Eval:
         from sisa.ensemble import Ensemble
         from sisa.store import Workspace
 
+        recover_first(args.workdir)
         result = Ensemble(Workspace(args.workdir)).evaluate()
         lines = [f"ensemble accuracy {result['accuracy']:.4f} on {result['n_test']} test rows "
                  f"({result['aggregation']})"]
-        lines += [f"shard {i}: {acc:.4f}" for i, acc in enumerate(result["shard_accuracy"])]
+        lines += [f"shard {s}: {acc:.4f}" for s, acc in zip(result["shards_used"], result["shard_accuracy"])]
         emit(args, result, "\n".join(lines))
         return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sisa.cli._common import add_common, info
+from sisa.cli._common import add_common, recover_first, info
 from sisa.errors import SisaError
 
 
@@ -32,6 +32,7 @@ class Predict:
         from sisa.ensemble import Ensemble
         from sisa.store import Workspace, atomic_write
 
+        recover_first(args.workdir)
         ensemble = Ensemble(Workspace(args.workdir))
         data = ensemble.manifest["data"]
         like = Dataset(data["spec"], None, None, tuple(data["shape"]), ensemble.classes,

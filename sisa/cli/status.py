@@ -27,6 +27,8 @@ class Status:
             f"rows, {status['data']['n_test']} test rows",
             "settings: " + " ".join(f"{k}={v}" for k, v in s.items()),
             "numerics: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+            f"deletions: {status['deletions']['deleted_ids']} ids deleted, "
+            f"{status['deletions']['pending']} request(s) pending",
             "shard  samples  per slice",
         ]
         for shard, (n, per_slice) in enumerate(zip(status["samples_per_shard"], status["samples_per_slice"])):

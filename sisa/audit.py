@@ -1,0 +1,116 @@
+"""Audit: prove that a workspace has forgotten what its ledger says it deleted.
+
+Checks that every live checkpoint and shard file matches its sha256; that no shard file holds a
+deleted id; that every live checkpoint was trained on exactly its shard's current rows (by the
+hash of its id set), so none has seen a deleted id; that no file outside the manifests is left
+behind; and, with ``replay``, that retraining the affected shards from scratch gives the same
+checkpoints bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from sisa.ensemble import environment_differences
+from sisa.errors import SisaError
+from sisa.ledger import Ledger
+from sisa.settings import Settings
+from sisa.store import Workspace, ids_digest, sha256_file
+from sisa.training import DataSpec, ShardJob, run_shard_job
+from sisa.unlearn import key_text, orphan_files
+
+
+def audit(workspace: Workspace, ids: Optional[Sequence] = None, *, replay: bool = False) -> dict[str, Any]:
+    """Check the workspace against the ledger (or against ``ids``); returns ``ok`` and problems."""
+    manifest = workspace.read_manifest()
+    checkpoints = workspace.read_checkpoints_manifest()
+    settings = Settings.from_dict(manifest["settings"])
+    data = manifest["data"]
+    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
+    ledger = Ledger(workspace.ledger_path)
+    try:
+        deleted = ledger.deleted()
+        open_requests = ledger.open_requests()
+    finally:
+        ledger.close()
+    targets = {key_text(i) for i in ids} if ids is not None else set(deleted)
+    problems: list[str] = []
+    if open_requests:
+        problems.append(f"{len(open_requests)} deletion request(s) not yet committed; run 'sisa recover'")
+    rows_by_shard = {}
+    for entry in manifest["shards"]:
+        path = workspace.shards_dir / entry["file"]
+        if sha256_file(path) != entry["sha256"]:
+            problems.append(f"shard file {entry['file']} is missing or does not match its sha256")
+            continue
+        rows = workspace.read_data_file(entry["file"], entry["sha256"], spec.shape, spec.dtype)
+        rows_by_shard[entry["shard"]] = rows
+        present = [v for v in rows.ids.tolist() if key_text(v) in targets]
+        if present:
+            problems.append(f"shard file {entry['file']} holds deleted ids: {present[:10]}")
+    test = manifest.get("test")
+    if test:
+        if sha256_file(workspace.shards_dir / test["file"]) != test["sha256"]:
+            problems.append(f"test file {test['file']} is missing or does not match its sha256")
+        else:
+            rows = workspace.read_data_file(test["file"], test["sha256"], spec.shape, spec.dtype)
+            present = [v for v in rows.ids.tolist() if key_text(v) in targets]
+            if present:
+                problems.append(f"test file {test['file']} holds deleted ids: {present[:10]}")
+    for record in checkpoints["checkpoints"]:
+        where = f"checkpoint shard {record['shard']} slice {record['slice']} ({record['file']})"
+        if not workspace.verify_checkpoint(record):
+            problems.append(f"{where} is missing or does not match its sha256")
+        rows = rows_by_shard.get(record["shard"])
+        if rows is not None:
+            n = int(np.searchsorted(rows.slice, record["slice"], side="right"))
+            if ids_digest(rows.ids[:n]) != record["ids_sha256"]:
+                problems.append(f"{where} was trained on a different id set than its shard's rows "
+                                f"(it may have seen deleted ids)")
+    for path in orphan_files(workspace):
+        problems.append(f"{path.relative_to(workspace.root)} is not named by any manifest "
+                        f"(it may hold deleted data)")
+    replayed: list[int] = []
+    if replay:
+        differences = environment_differences(checkpoints.get("environment") or {}, settings)
+        shards = sorted({shard for key, (shard, _) in deleted.items() if key in targets and shard >= 0})
+        if differences:
+            problems.append("cannot replay bit for bit on this machine: " + "; ".join(differences))
+        else:
+            for shard in shards:
+                if shard not in rows_by_shard:
+                    problems.append(f"cannot replay shard {shard}: its shard file is damaged")
+                    continue
+                problem = _replay_shard(workspace, manifest, checkpoints["checkpoints"], shard, settings, spec)
+                replayed.append(shard)
+                if problem:
+                    problems.append(problem)
+    return {"ok": not problems, "problems": problems, "checked_ids": len(targets),
+            "deleted_ids": len(deleted), "checkpoints": len(checkpoints["checkpoints"]),
+            "replayed_shards": replayed}
+
+
+def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[dict[str, Any]],
+                  shard: int, settings: Settings, spec: DataSpec) -> Optional[str]:
+    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
+    live = {r["slice"]: r["sha256"] for r in records if r["shard"] == shard}
+    if not entry["rows"]:
+        return None if not live else f"shard {shard} is empty but still has checkpoints"
+    with tempfile.TemporaryDirectory(prefix="sisa-replay-") as tmp:
+        scratch = Workspace(tmp)
+        scratch.shards_dir.mkdir(parents=True)
+        try:
+            shutil.copyfile(workspace.shards_dir / entry["file"], scratch.shards_dir / entry["file"])
+        except OSError as exc:
+            raise SisaError(f"cannot copy {entry['file']} for replay: {exc}") from None
+        result = run_shard_job(ShardJob(tmp, shard, settings, spec, entry["file"], entry["sha256"]))
+    fresh = {r["slice"]: r["sha256"] for r in result.checkpoints}
+    if fresh != live:
+        bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))
+        return f"replay of shard {shard} from scratch differs at slices {bad}"
+    return None

@@ -1,0 +1,149 @@
+"""``sisa delete``, ``sisa recover`` and ``sisa audit``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+from sisa.cli._common import add_common, emit, fmt_seconds, info, recover_first, retrain_progress
+from sisa.errors import SisaError
+
+
+def read_ids(args: argparse.Namespace, id_col: str) -> list[str]:
+    """Ids as text from --ids and --ids-file (lines, or a CSV/Parquet id column)."""
+    raw: list[str] = []
+    if args.ids is not None:
+        raw += [part.strip() for part in args.ids.split(",") if part.strip()]
+    if args.ids_file is not None:
+        path = Path(args.ids_file)
+        if not path.is_file():
+            raise SisaError(f"--ids-file {path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix in (".csv", ".parquet", ".pq"):
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
+            import pyarrow.parquet as pq
+
+            try:
+                table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                    column_types={id_col: pa.string()})) if suffix == ".csv" else pq.read_table(path)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise SisaError(f"cannot read --ids-file {path}: {exc}") from None
+            if id_col not in table.column_names:
+                raise SisaError(f"--ids-file {path} has no id column {id_col!r} "
+                                f"(columns: {', '.join(table.column_names)})")
+            column = table.column(id_col)
+            if column.null_count:
+                raise SisaError(f"--ids-file {path}: id column {id_col!r} has {column.null_count} missing values")
+            raw += [str(v) for v in column.to_pylist()]
+        else:
+            try:
+                text = path.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise SisaError(f"--ids-file {path} is not UTF-8 text: {exc}") from None
+            raw += [line.strip() for line in text.splitlines() if line.strip()]
+    if args.ids is None and args.ids_file is None:
+        raise SisaError("name the ids to delete with --ids 3,17,42 or --ids-file PATH")
+    if not raw:
+        raise SisaError("no ids given")
+    return raw
+
+
+class Delete:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("delete", help="forget training rows exactly",
+                           description="Delete training rows by id: the affected shards roll back "
+                                       "to the checkpoint before the earliest affected slice and "
+                                       "retrain without the rows, which are purged from disk.")
+        p.add_argument("--ids", metavar="ID,ID,...", help="comma-separated ids")
+        p.add_argument("--ids-file", metavar="PATH",
+                       help="one id per line, or a .csv/.parquet file with the id column")
+        p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+        p.add_argument("--ignore-missing", action="store_true",
+                       help="skip ids that are not in the training data instead of failing")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.store import Workspace
+        from sisa.unlearn import delete, parse_ids, plan_deletion
+
+        workspace = Workspace(args.workdir)
+        manifest = workspace.read_manifest()
+        ids = parse_ids(read_ids(args, manifest["data"].get("id_col", "id")), manifest["data"]["id_kind"])
+        if args.dry_run:
+            plan = plan_deletion(workspace, ids, ignore_missing=args.ignore_missing)
+            result = dict(plan.to_dict(), dry_run=True)
+            lines = [f"would delete {len(plan.ids)} id(s); nothing was changed"]
+            lines += [f"  shard {r['shard']}: retrain from slice {r['from_slice']} ({r['samples']} samples)"
+                      for r in result["retrained"]]
+            lines.append(f"estimated retraining time: {fmt_seconds(plan.estimate_seconds)}")
+        else:
+            recover_first(args.workdir)
+            result = delete(workspace, ids, ignore_missing=args.ignore_missing, progress=retrain_progress)
+            lines = [f"deleted {len(result['deleted'])} id(s) in {fmt_seconds(result['seconds'])}"]
+            lines += [f"  shard {r['shard']}: retrained from slice {r['from_slice']} ({r['samples']} samples)"
+                      for r in result["retrained"]]
+        if result["deleted_from_test"]:
+            lines.append(f"removed from the test rows: {', '.join(map(str, result['deleted_from_test']))}")
+        if result["already_deleted"]:
+            lines.append(f"already deleted (nothing to do): {', '.join(map(str, result['already_deleted']))}")
+        if result["missing"]:
+            lines.append(f"not in the training data (ignored): {', '.join(map(str, result['missing']))}")
+        emit(args, result, "\n".join(lines))
+        return 0
+
+
+class Recover:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("recover", help="finish deletions interrupted by a crash",
+                           description="Finish every deletion request that was recorded but not "
+                                       "committed (every command does this first).")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.store import Workspace
+        from sisa.unlearn import complete_pending
+
+        shards = complete_pending(Workspace(args.workdir), progress=retrain_progress) \
+            if Workspace(args.workdir).read_manifest() else []
+        emit(args, {"retrained_shards": shards},
+             f"retrained shard(s) {', '.join(map(str, shards))}" if shards else "nothing to recover")
+        return 0
+
+
+class Audit:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("audit", help="prove deleted rows are gone",
+                           description="Check that no live checkpoint or shard file holds or was "
+                                       "trained on a deleted id, and that every file matches its "
+                                       "sha256. Exits 1 when a problem is found.")
+        p.add_argument("--ids", metavar="ID,ID,...", help="check these ids (default: every deleted id)")
+        p.add_argument("--replay", action="store_true",
+                       help="also retrain the affected shards from scratch and compare bit for bit")
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.audit import audit
+        from sisa.store import Workspace
+        from sisa.unlearn import parse_ids
+
+        workspace = Workspace(args.workdir)
+        manifest = workspace.read_manifest()
+        recover_first(args.workdir)
+        ids = None
+        if args.ids is not None:
+            ids = parse_ids([p.strip() for p in args.ids.split(",") if p.strip()], manifest["data"]["id_kind"])
+        result = audit(workspace, ids, replay=args.replay)
+        if result["ok"]:
+            text = (f"audit passed: {result['checked_ids']} deleted id(s) absent from every shard file and "
+                    f"live checkpoint; {result['checkpoints']} checkpoints match their sha256")
+            if args.replay:
+                text += f"; replayed shard(s) {result['replayed_shards']} bit for bit"
+        else:
+            text = "audit FAILED:\n" + "\n".join(f"  {p}" for p in result["problems"])
+        emit(args, result, text)
+        return 0 if result["ok"] else 1

@@ -1,0 +1,318 @@
+"""Exact deletion: plan, record in the ledger, purge, retrain the affected slices, commit.
+
+A deletion is written to the ledger before anything else changes. :func:`complete_pending`
+then brings every affected shard in line with the ledger, and is safe to run again after a
+crash at any point: it purges deleted rows from the shard file (a new file under a new name,
+then the manifest, then the old file goes), drops every checkpoint whose id set no longer
+matches the shard's rows, and retrains from the first slice without a valid checkpoint.
+Checkpoints are recognised by the hash of the ids they were trained on, so a rerun keeps what
+a crashed run already finished.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from sisa.data import id_bytes
+from sisa.errors import SisaError
+from sisa.executors import Executor, make_executor
+from sisa.ledger import Ledger
+from sisa.partition import assign
+from sisa.settings import Settings
+from sisa.store import ShardRows, Workspace, ids_digest, rows_to_parquet
+from sisa.training import DataSpec, Progress, ShardJob
+
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def crash_point(name: str) -> None:
+    """Kill this process at ``name`` when SISA_CRASH_AT names it (for crash tests only)."""
+    if os.environ.get("SISA_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def key_text(value: Any) -> str:
+    return id_bytes(value).decode("utf-8", "surrogateescape")
+
+
+def parse_ids(raw: Iterable[str], id_kind: str) -> list:
+    """Turn ids as typed (text) into the workspace's id type; bad ones are named."""
+    out = []
+    for text in raw:
+        if id_kind == "int":
+            if not _INT.fullmatch(text) or not -2**63 <= int(text) < 2**63:
+                raise SisaError(f"id {text!r} is not an integer, and this workspace's ids are integers")
+            out.append(int(text))
+        else:
+            out.append(text)
+    return out
+
+
+@dataclass
+class Plan:
+    """What a deletion will do: ids to delete per shard, and where each shard restarts."""
+
+    delete: dict[int, list] = field(default_factory=dict)    # shard -> ids
+    test: list = field(default_factory=list)                   # ids found in the test rows only
+    already_deleted: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    from_slice: dict[int, int] = field(default_factory=dict)
+    samples: dict[int, int] = field(default_factory=dict)      # rows left in each affected shard
+    estimate_seconds: float = 0.0
+    slices_of: dict = field(default_factory=dict)              # id -> (shard, slice)
+
+    @property
+    def ids(self) -> list:
+        return [i for ids in self.delete.values() for i in ids] + self.test
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deleted": self.ids, "deleted_from_test": self.test,
+            "already_deleted": self.already_deleted, "missing": self.missing,
+            "retrained": [{"shard": s, "from_slice": self.from_slice[s], "samples": self.samples[s]}
+                          for s in sorted(self.delete)],
+            "samples_retrained": int(sum(self.samples.values())),
+            "estimate_seconds": round(self.estimate_seconds, 3),
+        }
+
+
+TEST_SHARD = -1
+"""Ledger shard number of ids deleted from the test rows (no model trained on them)."""
+
+
+def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and slices of a data file, read without the features."""
+    import pyarrow.parquet as pq
+
+    from sisa.store import sha256_file
+
+    path = workspace.shards_dir / entry["file"]
+    if sha256_file(path) != entry["sha256"]:
+        raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
+    table = pq.read_table(path)
+    column = table.column("id")
+    ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
+        else column.to_numpy().astype(np.int64)
+    slices = table.column("slice").to_numpy() if "slice" in table.column_names else np.zeros(len(ids), int)
+    return ids, slices
+
+
+def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False) -> Plan:
+    """Group ids by shard and find each shard's earliest affected slice. Changes nothing."""
+    manifest = workspace.read_manifest()
+    settings = Settings.from_dict(manifest["settings"])
+    deleted: dict[str, tuple[int, int]] = {}
+    if workspace.ledger_path.exists():  # a dry run must not even create the ledger
+        ledger = Ledger(workspace.ledger_path)
+        try:
+            deleted = ledger.deleted()
+        finally:
+            ledger.close()
+    plan = Plan()
+    unique = list(dict.fromkeys(ids))
+    where = assign(unique, seed=settings.seed, shards=settings.shards, slices=settings.slices)
+    wanted: dict[int, list] = {}
+    for k, value in enumerate(unique):
+        if key_text(value) in deleted:
+            plan.already_deleted.append(value)
+        else:
+            wanted.setdefault(int(where.shard[k]), []).append(value)
+    entries = {e["shard"]: e for e in manifest["shards"]}
+    for shard, candidates in sorted(wanted.items()):
+        shard_ids, shard_slices = _file_ids(workspace, entries[shard])
+        position = {key_text(v): i for i, v in enumerate(shard_ids.tolist())}
+        for value in candidates:
+            i = position.get(key_text(value))
+            if i is None:
+                plan.missing.append(value)
+                continue
+            plan.delete.setdefault(shard, []).append(value)
+            plan.slices_of[key_text(value)] = (shard, int(shard_slices[i]))
+        if shard in plan.delete:
+            keys = {key_text(v) for v in plan.delete[shard]}
+            plan.from_slice[shard] = min(plan.slices_of[k][1] for k in keys)
+            plan.samples[shard] = int(len(shard_ids) - len(keys))
+    if plan.missing and manifest.get("test"):
+        # A person's rows may sit in the held-out test set: they are purged from it too.
+        test_ids = set(map(key_text, _file_ids(workspace, manifest["test"])[0].tolist()))
+        plan.test = [v for v in plan.missing if key_text(v) in test_ids]
+        plan.missing = [v for v in plan.missing if key_text(v) not in test_ids]
+        for value in plan.test:
+            plan.slices_of[key_text(value)] = (TEST_SHARD, -1)
+    if plan.missing and not ignore_missing:
+        shown = ", ".join(repr(v) for v in plan.missing[:10])
+        more = f" and {len(plan.missing) - 10} more" if len(plan.missing) > 10 else ""
+        raise SisaError(f"unknown ids (not in the training data): {shown}{more}; nothing was deleted "
+                        f"(pass --ignore-missing to delete the others)")
+    remaining = sum(e["rows"] for e in manifest["shards"]) - sum(len(v) for v in plan.delete.values())
+    if plan.ids and remaining <= 0:
+        raise SisaError("refusing to delete every training id: nothing would be left to train on; "
+                        "delete the workspace instead")
+    records = workspace.read_checkpoints_manifest()["checkpoints"]
+    plan.estimate_seconds = sum(r["seconds"] for r in records
+                                if r["shard"] in plan.from_slice and r["slice"] >= plan.from_slice[r["shard"]])
+    return plan
+
+
+def delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False,
+           executor: Optional[Executor] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Delete ``ids`` exactly; returns the plan's summary once the deletion is committed."""
+    started = time.perf_counter()
+    complete_pending(workspace, executor=executor, progress=progress)
+    plan = plan_deletion(workspace, ids, ignore_missing=ignore_missing)
+    if plan.ids:
+        ledger = Ledger(workspace.ledger_path)
+        try:
+            ledger.add_request((k, shard, slice_) for k, (shard, slice_) in plan.slices_of.items())
+        finally:
+            ledger.close()
+        crash_point("after-ledger")
+        complete_pending(workspace, executor=executor, progress=progress)
+    result = plan.to_dict()
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = None,
+                     progress: Optional[Progress] = None) -> list[int]:
+    """Finish every uncommitted deletion request; returns the shards retrained."""
+    if not workspace.ledger_path.exists():
+        return []
+    ledger = Ledger(workspace.ledger_path)
+    try:
+        requests = ledger.open_requests()
+        if not requests:
+            return []
+        pending = ledger.deleted(pending_only=True)
+        deleted = set(ledger.deleted())
+        shards = sorted({shard for shard, _ in pending.values() if shard != TEST_SHARD})
+        if any(shard == TEST_SHARD for shard, _ in pending.values()):
+            _purge_test(workspace, deleted)
+        for shard in shards:
+            _purge_shard(workspace, shard, deleted)
+        crash_point("before-retrain")
+        retrain_shards(workspace, shards, executor=executor, progress=progress)
+        ledger.set_state(requests, "retrained")
+        crash_point("before-commit")
+        _remove_orphans(workspace)
+        ledger.set_state(requests, "committed")
+        return shards
+    finally:
+        ledger.close()
+
+
+def _purge_shard(workspace: Workspace, shard: int, deleted: set[str]) -> None:
+    """Rewrite the shard's file without deleted rows (under a new name), then the manifest."""
+    manifest = workspace.read_manifest()
+    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
+    data = manifest["data"]
+    rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
+    keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
+    if keep.all():
+        return
+    old = entry["file"]
+    name, sha = workspace.write_shard_file(shard, rows_to_parquet(
+        rows.ids[keep], shard, rows.slice[keep], rows.label[keep], rows.X[keep]))
+    settings = Settings.from_dict(manifest["settings"])
+    entry.update(file=name, sha256=sha, rows=int(keep.sum()),
+                 slice_rows=np.bincount(rows.slice[keep], minlength=settings.slices).tolist())
+    data["n_train"] = int(sum(e["rows"] for e in manifest["shards"]))
+    workspace.write_json(workspace.manifest_path, manifest)
+    crash_point("after-purge-file")
+    (workspace.shards_dir / old).unlink(missing_ok=True)
+
+
+def _purge_test(workspace: Workspace, deleted: set[str]) -> None:
+    manifest = workspace.read_manifest()
+    entry, data = manifest["test"], manifest["data"]
+    rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
+    keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
+    if keep.all():
+        return
+    old = entry["file"]
+    payload = rows_to_parquet(rows.ids[keep], None, None, rows.label[keep], rows.X[keep])
+    from sisa.store import sha256_bytes
+
+    sha = sha256_bytes(payload)
+    name = f"test-{sha[:12]}.parquet"
+    workspace.write_data_file(name, payload)
+    entry.update(file=name, sha256=sha, rows=int(keep.sum()))
+    data["n_test"] = int(keep.sum())
+    workspace.write_json(workspace.manifest_path, manifest)
+    if old != name:
+        (workspace.shards_dir / old).unlink(missing_ok=True)
+
+
+def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[dict[str, Any]],
+                  settings: Settings) -> int:
+    """Number of leading slices whose checkpoint exists and was trained on exactly these rows."""
+    by_slice = {r["slice"]: r for r in records}
+    for slice_ in range(settings.slices):
+        n = int(np.searchsorted(rows.slice, slice_, side="right"))
+        record = by_slice.get(slice_)
+        if record is None or record["ids_sha256"] != ids_digest(rows.ids[:n]) \
+                or not workspace.verify_checkpoint(record):
+            return slice_
+    return settings.slices
+
+
+def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Optional[Executor] = None,
+                   progress: Optional[Progress] = None) -> None:
+    """Drop each shard's checkpoints that no longer match its rows and retrain from there."""
+    manifest = workspace.read_manifest()
+    settings = Settings.from_dict(manifest["settings"])
+    data = manifest["data"]
+    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
+    checkpoints = workspace.read_checkpoints_manifest()
+    jobs = []
+    for shard in shards:
+        entry = next(e for e in manifest["shards"] if e["shard"] == shard)
+        rows = workspace.read_data_file(entry["file"], entry["sha256"], spec.shape, spec.dtype)
+        own = [r for r in checkpoints["checkpoints"] if r["shard"] == shard]
+        valid = _valid_prefix(workspace, rows, own, settings) if entry["rows"] else 0
+        stale = [r for r in own if r["slice"] >= valid]
+        if stale:
+            checkpoints["checkpoints"] = [r for r in checkpoints["checkpoints"] if r not in stale]
+            workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
+            for r in stale:
+                (workspace.checkpoints_dir / r["file"]).unlink(missing_ok=True)
+        if entry["rows"] and valid < settings.slices:
+            start = next((r for r in own if r["slice"] == valid - 1), None)
+            jobs.append(ShardJob(str(workspace.root), shard, settings, spec, entry["file"], entry["sha256"],
+                                 from_slice=valid, start=start))
+
+    def record_progress(record: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(record)
+        crash_point("mid-retrain")
+
+    for result in (executor or make_executor("local")).run(jobs, record_progress):
+        checkpoints["checkpoints"] = sorted(checkpoints["checkpoints"] + result.checkpoints,
+                                            key=lambda r: (r["shard"], r["slice"]))
+        workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
+
+
+def _remove_orphans(workspace: Workspace) -> None:
+    """Delete shard and checkpoint files that no manifest names (left by a crash)."""
+    for path in orphan_files(workspace):
+        path.unlink(missing_ok=True)
+
+
+def orphan_files(workspace: Workspace) -> list[Path]:
+    manifest = workspace.read_manifest()
+    named = {e["file"] for e in manifest["shards"]}
+    if manifest.get("test"):
+        named.add(manifest["test"]["file"])
+    orphans = [p for p in workspace.shards_dir.glob("*.parquet") if p.name not in named]
+    live = {r["file"] for r in workspace.read_checkpoints_manifest()["checkpoints"]}
+    orphans += [p for p in workspace.checkpoints_dir.glob("shard-*/*.pt")
+                if str(p.relative_to(workspace.checkpoints_dir)) not in live]
+    return sorted(orphans)
