@@ -205,6 +205,10 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
     rows = workspace.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
     slice_epochs = settings.slice_epochs()
     records = []
+    # Optimizers import torch._dynamo on first use (about 2 s); importing it here keeps that
+    # one-time cost out of the slice timings that deletion estimates are made from.
+    import torch._dynamo  # noqa: F401
+
     with deterministic_torch(settings):
         environment = numerics_environment(settings)
         X = torch.from_numpy(np.array(rows.X, copy=True)).to(settings.device)
