@@ -7,8 +7,10 @@ own checkpoint files; manifests are the caller's.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
+from sisa.errors import SisaError
 from sisa.registry import Registry
 from sisa.training import Progress, ShardJob, ShardResult, run_shard_job
 
@@ -31,10 +33,121 @@ class InProcessExecutor:
             yield run_shard_job(job, progress)
 
 
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """One Ray task per shard job, on this machine or on a Ray cluster.
+
+    Each task trains its shard's slices in order and writes its checkpoint files atomically;
+    results stream back as shards finish. A task whose worker process dies is retried (up to
+    ``retries`` times); its result is identical, since a job depends only on its inputs and
+    rewrites the same files. Without ``address`` a local Ray instance is started with the
+    dashboard off, its files under the system temporary folder, never in the workspace.
+
+    Args:
+        address: an existing cluster to join (``ray start --head`` prints it); the workspace
+            must then sit on storage that every node mounts at the same path.
+        cpus_per_shard: CPUs Ray reserves for each task (default: the settings' threads).
+        gpus_per_shard: GPUs for each task; fractions let several shards share one GPU.
+        retries: how often a task whose worker died is run again.
+    """
+
+    def __init__(self, *, address: Optional[str] = None, cpus_per_shard: Optional[float] = None,
+                 gpus_per_shard: float = 0, retries: int = 3) -> None:
+        self.address = address
+        self.cpus_per_shard = cpus_per_shard
+        self.gpus_per_shard = gpus_per_shard
+        self.retries = retries
+
+    def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
+        if not jobs:
+            return
+        ray = _ray()
+        _ensure_ray(ray, self.address)
+        task = ray.remote(_ray_job)
+        cpus = self.cpus_per_shard if self.cpus_per_shard is not None else jobs[0].settings.threads
+        pending = {}
+        for job in jobs:
+            ref = task.options(num_cpus=cpus, num_gpus=self.gpus_per_shard, max_retries=self.retries,
+                               retry_exceptions=False, name=f"sisa-shard-{job.shard}").remote(job)
+            pending[ref] = job
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                for ref in pending:
+                    ray.cancel(ref)
+                if isinstance(cause, SisaError):
+                    raise SisaError(str(cause)) from None
+                raise SisaError(f"training shard {job.shard} failed on a Ray worker: {cause}") from None
+            except ray.exceptions.WorkerCrashedError:
+                for ref in pending:
+                    ray.cancel(ref)
+                raise SisaError(f"training shard {job.shard} failed: its Ray worker died "
+                                f"{self.retries + 1} times") from None
+            if progress is not None:
+                for record in result.checkpoints:
+                    progress(record)
+            yield result
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        raise SisaError("the ray executor needs Ray: pip install ray") from None
+    return ray
+
+
+def _ensure_ray(ray, address: Optional[str]) -> None:
+    if ray.is_initialized():
+        return
+    import logging
+
+    options = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                   configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SisaError(f"cannot start or reach Ray{' at ' + address if address else ''}: {exc}") from None
+
+
+def _ray_job(job: ShardJob) -> ShardResult:
+    """Runs on a Ray worker."""
+    return run_shard_job(job)
+
+
+@EXECUTORS.register("auto")
+class AutoExecutor:
+    """Ray when more than one shard has work and more than one CPU is available (or a cluster
+    address is given); in-process otherwise, so a deletion that touches one shard does not pay
+    Ray's start-up (seconds)."""
+
+    def __init__(self, **ray_options) -> None:
+        self.ray_options = ray_options
+
+    def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.ray_options.get("address") or (len(jobs) > 1 and cpus > 1):
+            chosen: Executor = RayExecutor(**self.ray_options)
+        else:
+            chosen = InProcessExecutor()
+        yield from chosen.run(jobs, progress)
+
+
 def make_executor(name: str, **options) -> Executor:
-    """The executor registered as ``name``, built with ``options``.
+    """The executor registered as ``name``, built with ``options`` (Ray's options are ignored
+    by the in-process executor).
 
     >>> type(make_executor("local")).__name__
     'InProcessExecutor'
     """
-    return EXECUTORS.get(name)(**options)
+    factory = EXECUTORS.get(name)
+    if factory is InProcessExecutor:
+        return InProcessExecutor()
+    return factory(**{k: v for k, v in options.items() if v is not None})

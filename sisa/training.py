@@ -227,8 +227,11 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
                 counters = dict(state["counters"])
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
             epochs = slice_epochs[slice_] if n else 0  # nothing to train on yet
-            steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
-                                data=data, shard=job.shard, slice_=slice_, epochs=epochs)
+            try:
+                steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
+                                    data=data, shard=job.shard, slice_=slice_, epochs=epochs)
+            except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
+                raise SisaError(f"training shard {job.shard} slice {slice_} failed: {exc}") from exc
             counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,
                         "sample_passes": counters["sample_passes"] + n * epochs}
             state = {

@@ -315,4 +315,6 @@ def orphan_files(workspace: Workspace) -> list[Path]:
     live = {r["file"] for r in workspace.read_checkpoints_manifest()["checkpoints"]}
     orphans += [p for p in workspace.checkpoints_dir.glob("shard-*/*.pt")
                 if str(p.relative_to(workspace.checkpoints_dir)) not in live]
+    # temporary files of writes a crash interrupted
+    orphans += list(workspace.shards_dir.glob(".*.tmp-*")) + list(workspace.checkpoints_dir.rglob(".*.tmp-*"))
     return sorted(orphans)

@@ -3,10 +3,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Tests run shards in-process unless they test the Ray executor by name: Ray's start-up costs
+# seconds, and subprocesses killed on purpose must not leave Ray clusters behind.
+os.environ.setdefault("SISA_EXECUTOR", "local")
 
 
 def make_table(n: int = 240, features: int = 6, classes: int = 3, seed: int = 0,

@@ -339,3 +339,23 @@ def test_sigkill_during_delete_is_finished_by_the_next_command(point, base, cras
     assert_identical(ws.root, fresh)
     again = run_cli("delete", "--workdir", ws.root, "--ids", ",".join(map(str, forget)), "--json")
     assert sorted(again.json["already_deleted"]) == sorted(forget)
+
+
+def test_string_ids_and_a_numerics_warning(tmp_path):
+    table = make_table(n=200, str_ids=True)
+    pq.write_table(table, tmp_path / "s.parquet")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 's.parquet'}", "--workdir", ws,
+                   "--shards", "2", "--slices", "2", "--epochs", "2").code == 0
+    train_ids = [i for i in table.column("id").to_pylist()
+                 if i not in pq.read_table(ws / "shards" / "test.parquet").column("id").to_pylist()]
+    result = run_cli("delete", "--workdir", ws, "--ids", f"{train_ids[0]},{train_ids[1]}", "--json")
+    assert result.code == 0 and sorted(result.json["deleted"]) == sorted(train_ids[:2])
+    assert "warning" not in result.err
+    manifest = json.loads((ws / "checkpoints" / "manifest.json").read_text())
+    manifest["environment"]["cpu_capability"] = "AVX512"
+    (ws / "checkpoints" / "manifest.json").write_text(json.dumps(manifest))
+    warned = run_cli("delete", "--workdir", ws, "--ids", train_ids[2])
+    assert warned.code == 0 and "warning: numerics differ" in warned.err
+    refused = run_cli("audit", "--workdir", ws, "--replay", "--json")
+    assert refused.code == 1 and "cannot replay bit for bit" in refused.json["problems"][0]

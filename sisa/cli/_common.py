@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
+
+from sisa.errors import SisaError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +16,32 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="workspace folder holding shards/ and checkpoints/ (default: .)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout instead of text")
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument("--executor", choices=("auto", "ray", "local"),
+                       default=os.environ.get("SISA_EXECUTOR", "auto"),
+                       help="auto (default): Ray when more than one shard has work and more than one "
+                            "CPU is available, in-process otherwise; or force ray or local "
+                            "(default from SISA_EXECUTOR when set)")
+    group.add_argument("--cpus-per-shard", type=float, metavar="N",
+                       help="CPUs Ray reserves per shard task (default: --threads)")
+    group.add_argument("--gpus-per-shard", type=float, metavar="N",
+                       help="GPUs per shard task; fractions share one GPU between shards")
+    group.add_argument("--address", metavar="ADDR",
+                       help="join an existing Ray cluster (from 'ray start --head')")
+
+
+def executor_from(args: argparse.Namespace):
+    from sisa.executors import make_executor
+
+    for name in ("cpus_per_shard", "gpus_per_shard"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise SisaError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    return make_executor(args.executor, address=args.address, cpus_per_shard=args.cpus_per_shard,
+                         gpus_per_shard=args.gpus_per_shard)
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -32,14 +61,14 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
-def recover_first(workdir: str) -> None:
+def recover_first(workdir: str, executor=None) -> None:
     """Finish deletions a crash interrupted before a command reads the models."""
     from sisa.store import Workspace
     from sisa.unlearn import complete_pending
 
     workspace = Workspace(workdir)
     workspace.read_manifest()
-    shards = complete_pending(workspace, progress=retrain_progress)
+    shards = complete_pending(workspace, executor=executor, progress=retrain_progress)
     if shards:
         info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")
 

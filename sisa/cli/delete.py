@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 
-from sisa.cli._common import add_common, emit, fmt_seconds, info, recover_first, retrain_progress
+from sisa.cli._common import (add_common, add_executor_args, emit, executor_from, fmt_seconds, info,
+                              recover_first, retrain_progress)
 from sisa.errors import SisaError
 
 
@@ -62,6 +63,7 @@ class Delete:
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         p.add_argument("--ignore-missing", action="store_true",
                        help="skip ids that are not in the training data instead of failing")
+        add_executor_args(p)
         add_common(p)
         p.set_defaults(func=self._cmd)
 
@@ -80,8 +82,11 @@ class Delete:
                       for r in result["retrained"]]
             lines.append(f"estimated retraining time: {fmt_seconds(plan.estimate_seconds)}")
         else:
-            recover_first(args.workdir)
-            result = delete(workspace, ids, ignore_missing=args.ignore_missing, progress=retrain_progress)
+            warn_if_numerics_differ(workspace)
+            executor = executor_from(args)
+            recover_first(args.workdir, executor)
+            result = delete(workspace, ids, ignore_missing=args.ignore_missing, executor=executor,
+                            progress=retrain_progress)
             lines = [f"deleted {len(result['deleted'])} id(s) in {fmt_seconds(result['seconds'])}"]
             lines += [f"  shard {r['shard']}: retrained from slice {r['from_slice']} ({r['samples']} samples)"
                       for r in result["retrained"]]
@@ -95,11 +100,25 @@ class Delete:
         return 0
 
 
+def warn_if_numerics_differ(workspace) -> None:
+    """Retraining under other numerics still forgets the rows, but the result is no longer
+    bit-identical to training without them on the original machine: say so."""
+    from sisa.ensemble import environment_differences
+    from sisa.settings import Settings
+
+    recorded = workspace.read_checkpoints_manifest().get("environment") or {}
+    settings = Settings.from_dict(workspace.read_manifest()["settings"])
+    for difference in environment_differences(recorded, settings):
+        info(f"warning: numerics differ from training ({difference}); the retrained shards will "
+             f"forget the rows but will not be bit-identical to a retrain under the recorded numerics")
+
+
 class Recover:
     def __init__(self, sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser("recover", help="finish deletions interrupted by a crash",
                            description="Finish every deletion request that was recorded but not "
                                        "committed (every command does this first).")
+        add_executor_args(p)
         add_common(p)
         p.set_defaults(func=self._cmd)
 
@@ -107,8 +126,9 @@ class Recover:
         from sisa.store import Workspace
         from sisa.unlearn import complete_pending
 
-        shards = complete_pending(Workspace(args.workdir), progress=retrain_progress) \
-            if Workspace(args.workdir).read_manifest() else []
+        workspace = Workspace(args.workdir)
+        workspace.read_manifest()
+        shards = complete_pending(workspace, executor=executor_from(args), progress=retrain_progress)
         emit(args, {"retrained_shards": shards},
              f"retrained shard(s) {', '.join(map(str, shards))}" if shards else "nothing to recover")
         return 0

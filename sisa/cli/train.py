@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sisa.cli._common import add_common, emit, fmt_seconds, info
+from sisa.cli._common import add_common, add_executor_args, emit, executor_from, fmt_seconds, info
 
 
 class Train:
@@ -41,8 +41,8 @@ class Train:
                                                    "changing it changes the trained bits")
         p.add_argument("--device", choices=DEVICES)
         p.add_argument("--aggregation", help="mean-proba (default), vote or size-weighted")
-        p.add_argument("--executor", default="local", help="how shards run (default local)")
         p.add_argument("--force", action="store_true", help="replace an existing workspace")
+        add_executor_args(p)
         add_common(p)
         p.set_defaults(func=self._cmd)
 
@@ -53,7 +53,6 @@ class Train:
     def _cmd(self, args: argparse.Namespace) -> int:
         from sisa.api import train_workspace
         from sisa.data import load
-        from sisa.executors import make_executor
         from sisa.settings import Settings
 
         dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
@@ -61,7 +60,7 @@ class Train:
         chosen: dict[str, Any] = dict(dataset.defaults)
         chosen.update({k: getattr(args, k) for k in self.SETTINGS_FLAGS if getattr(args, k) is not None})
         settings = Settings(**chosen)
-        executor = make_executor(args.executor)
+        executor = executor_from(args)
 
         def progress(record: dict[str, Any]) -> None:
             info(f"shard {record['shard']} slice {record['slice']}: {record['samples']} samples, "
