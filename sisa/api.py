@@ -187,6 +187,17 @@ class SISAClassifier:
             raise SisaError("this SISAClassifier is not fitted; call fit or SISAClassifier.load")
         return self.ensemble_
 
+    def delete(self, ids: Sequence, *, ignore_missing: bool = False,
+               progress: Optional[Progress] = None) -> dict[str, Any]:
+        """Forget training rows exactly (as ``sisa delete``); returns what was done."""
+        from sisa.unlearn import delete
+
+        self._fitted()
+        result = delete(Workspace(self.workdir), list(ids), ignore_missing=ignore_missing,
+                        executor=make_executor(self.executor), progress=progress)
+        self._loaded(Ensemble(Workspace(self.workdir)))
+        return result
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Aggregated class probabilities, shape (rows, classes), columns in ``classes_`` order."""
         return self._fitted().predict_proba(X)

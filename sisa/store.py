@@ -180,13 +180,16 @@ class Workspace:
         atomic_write(self.shards_dir / name, data)
         return sha256_bytes(data)
 
-    def write_shard_file(self, shard: int, data: bytes) -> tuple[str, str]:
-        """Write a shard's rows under a name carrying their sha256, so a new version never
+    def write_versioned(self, prefix: str, data: bytes) -> tuple[str, str]:
+        """Write Parquet bytes under a name carrying their sha256, so a new version never
         overwrites the file the manifest still points to. Returns (name, sha256)."""
         sha = sha256_bytes(data)
-        name = f"shard-{shard:03d}-{sha[:12]}.parquet"
+        name = f"{prefix}-{sha[:12]}.parquet"
         atomic_write(self.shards_dir / name, data)
         return name, sha
+
+    def write_shard_file(self, shard: int, data: bytes) -> tuple[str, str]:
+        return self.write_versioned(f"shard-{shard:03d}", data)
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         path = self.shards_dir / name

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.faults import crash_point
 from sisa.settings import Settings
 from sisa.store import Workspace, ids_digest
 
@@ -191,6 +192,8 @@ def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: 
             loss.backward()
             optimizer.step()
             steps += 1
+            if steps == 1:
+                crash_point("mid-slice")  # a crash test's kill point inside a slice's training
         scheduler.step()
     return steps
 
@@ -228,6 +231,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
             epochs = slice_epochs[slice_] if n else 0  # nothing to train on yet
             try:
+                crash_point("raise-in-slice")
                 steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
                                     data=data, shard=job.shard, slice_=slice_, epochs=epochs)
             except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
@@ -252,5 +256,6 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
             records.append(record)
             if progress is not None:
                 progress(record)
+            crash_point("worker-mid-shard")
     return ShardResult(job.shard, records, environment, time.perf_counter() - started)
 

@@ -11,9 +11,7 @@ a crashed run already finished.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from sisa.data import id_bytes
 from sisa.errors import SisaError
 from sisa.executors import Executor, make_executor
+from sisa.faults import crash_point
 from sisa.ledger import Ledger
 from sisa.partition import assign
 from sisa.settings import Settings
@@ -31,12 +30,6 @@ from sisa.store import ShardRows, Workspace, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
 _INT = re.compile(r"[+-]?[0-9]+")
-
-
-def crash_point(name: str) -> None:
-    """Kill this process at ``name`` when SISA_CRASH_AT names it (for crash tests only)."""
-    if os.environ.get("SISA_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def key_text(value: Any) -> str:
@@ -97,7 +90,8 @@ def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, 
     path = workspace.shards_dir / entry["file"]
     if sha256_file(path) != entry["sha256"]:
         raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
-    table = pq.read_table(path)
+    names = pq.ParquetFile(path).schema_arrow.names
+    table = pq.read_table(path, columns=[c for c in ("id", "slice") if c in names])
     column = table.column("id")
     ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
         else column.to_numpy().astype(np.int64)
@@ -195,9 +189,9 @@ def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = Non
         deleted = set(ledger.deleted())
         shards = sorted({shard for shard, _ in pending.values() if shard != TEST_SHARD})
         if any(shard == TEST_SHARD for shard, _ in pending.values()):
-            _purge_test(workspace, deleted)
+            _purge(workspace, TEST_SHARD, deleted)
         for shard in shards:
-            _purge_shard(workspace, shard, deleted)
+            _purge(workspace, shard, deleted)
         crash_point("before-retrain")
         retrain_shards(workspace, shards, executor=executor, progress=progress)
         ledger.set_state(requests, "retrained")
@@ -209,44 +203,30 @@ def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = Non
         ledger.close()
 
 
-def _purge_shard(workspace: Workspace, shard: int, deleted: set[str]) -> None:
-    """Rewrite the shard's file without deleted rows (under a new name), then the manifest."""
+def _purge(workspace: Workspace, shard: int, deleted: set[str]) -> None:
+    """Rewrite a shard's file (or the test file, for TEST_SHARD) without deleted rows: the new
+    file under a new name first, then the manifest, then the old file goes."""
     manifest = workspace.read_manifest()
-    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
     data = manifest["data"]
+    test = shard == TEST_SHARD
+    entry = manifest["test"] if test else next(e for e in manifest["shards"] if e["shard"] == shard)
     rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
     keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
     if keep.all():
         return
     old = entry["file"]
-    name, sha = workspace.write_shard_file(shard, rows_to_parquet(
-        rows.ids[keep], shard, rows.slice[keep], rows.label[keep], rows.X[keep]))
-    settings = Settings.from_dict(manifest["settings"])
-    entry.update(file=name, sha256=sha, rows=int(keep.sum()),
-                 slice_rows=np.bincount(rows.slice[keep], minlength=settings.slices).tolist())
-    data["n_train"] = int(sum(e["rows"] for e in manifest["shards"]))
+    payload = rows_to_parquet(rows.ids[keep], None if test else shard, None if test else rows.slice[keep],
+                              rows.label[keep], rows.X[keep])
+    name, sha = workspace.write_versioned("test" if test else f"shard-{shard:03d}", payload)
+    entry.update(file=name, sha256=sha, rows=int(keep.sum()))
+    if test:
+        data["n_test"] = int(keep.sum())
+    else:
+        slices = Settings.from_dict(manifest["settings"]).slices
+        entry["slice_rows"] = np.bincount(rows.slice[keep], minlength=slices).tolist()
+        data["n_train"] = int(sum(e["rows"] for e in manifest["shards"]))
     workspace.write_json(workspace.manifest_path, manifest)
     crash_point("after-purge-file")
-    (workspace.shards_dir / old).unlink(missing_ok=True)
-
-
-def _purge_test(workspace: Workspace, deleted: set[str]) -> None:
-    manifest = workspace.read_manifest()
-    entry, data = manifest["test"], manifest["data"]
-    rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
-    keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
-    if keep.all():
-        return
-    old = entry["file"]
-    payload = rows_to_parquet(rows.ids[keep], None, None, rows.label[keep], rows.X[keep])
-    from sisa.store import sha256_bytes
-
-    sha = sha256_bytes(payload)
-    name = f"test-{sha[:12]}.parquet"
-    workspace.write_data_file(name, payload)
-    entry.update(file=name, sha256=sha, rows=int(keep.sum()))
-    data["n_test"] = int(keep.sum())
-    workspace.write_json(workspace.manifest_path, manifest)
     if old != name:
         (workspace.shards_dir / old).unlink(missing_ok=True)
 

@@ -19,6 +19,10 @@ def test_fit_predict_load_round_trip(tmp_path):
     again = SISAClassifier.load(tmp_path)
     assert np.array_equal(again.predict_proba(ds.test.X), proba)
     assert again.settings == clf.settings
+    forget = [int(i) for i in ds.train.ids[:5]]
+    result = again.delete(forget)
+    assert sorted(result["deleted"]) == forget and result["retrained"]
+    assert not np.array_equal(again.predict_proba(ds.test.X), proba)
 
 
 def test_fit_on_arrays_with_string_ids_and_labels(tmp_path):

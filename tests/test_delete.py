@@ -311,7 +311,8 @@ def test_audit_fails_when_a_deleted_row_is_put_back(base, tmp_path, fix_manifest
 
 # ------------------------------------------------------------------------------- crashes
 
-CRASH_POINTS = ["after-ledger", "after-purge-file", "before-retrain", "mid-retrain", "before-commit"]
+CRASH_POINTS = ["after-ledger", "after-purge-file", "before-retrain", "mid-slice", "mid-retrain",
+                "before-commit"]
 
 
 @pytest.fixture(scope="module")

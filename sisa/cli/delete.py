@@ -84,7 +84,6 @@ class Delete:
         else:
             warn_if_numerics_differ(workspace)
             executor = executor_from(args)
-            recover_first(args.workdir, executor)
             result = delete(workspace, ids, ignore_missing=args.ignore_missing, executor=executor,
                             progress=retrain_progress)
             lines = [f"deleted {len(result['deleted'])} id(s) in {fmt_seconds(result['seconds'])}"]
