@@ -70,7 +70,8 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
             test_entry = {"file": "test.parquet", "sha256": sha, "rows": int(len(test))}
 
         spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
-        jobs = [ShardJob(str(workspace.root), e["shard"], settings, spec, e["file"], e["sha256"])
+        jobs = [ShardJob(str(workspace.root.resolve()), e["shard"], settings, spec, e["file"], e["sha256"],
+                         slice_rows=tuple(e["slice_rows"]))
                 for e in shard_entries if e["rows"]]
         records, environments = [], []
         for result in (executor or make_executor("local")).run(jobs, progress):

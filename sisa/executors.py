@@ -122,22 +122,39 @@ def _ray_job(job: ShardJob) -> ShardResult:
     return run_shard_job(job)
 
 
+AUTO_RAY_MIN_WORK = 2e10
+"""Work (sample-passes x model parameters) below which ``auto`` stays in-process: Ray's
+start-up (ray.init, then a torch import in every worker) costs about 8 s on 2 cores, more
+than small jobs take. Default digits training is about 2e9; Fashion-MNIST mlp or cnn, 7e10+."""
+
+
 @EXECUTORS.register("auto")
 class AutoExecutor:
-    """Ray when more than one shard has work and more than one CPU is available (or a cluster
-    address is given); in-process otherwise, so a deletion that touches one shard does not pay
-    Ray's start-up (seconds)."""
+    """Ray when more than one shard has work, more than one CPU is available and the work is
+    large enough to pay for Ray's start-up (or a cluster address is given); in-process
+    otherwise, so that a deletion touching one shard, or a small training, does not pay it."""
 
     def __init__(self, **ray_options) -> None:
         self.ray_options = ray_options
 
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
+        yield from self.choose(jobs).run(jobs, progress)
+
+    def choose(self, jobs: Sequence[ShardJob]) -> Executor:
+        if self.ray_options.get("address"):
+            return RayExecutor(**self.ray_options)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if self.ray_options.get("address") or (len(jobs) > 1 and cpus > 1):
-            chosen: Executor = RayExecutor(**self.ray_options)
-        else:
-            chosen = InProcessExecutor()
-        yield from chosen.run(jobs, progress)
+        if len(jobs) > 1 and cpus > 1 and _work(jobs) >= AUTO_RAY_MIN_WORK:
+            return RayExecutor(**self.ray_options)
+        return InProcessExecutor()
+
+
+def _work(jobs: Sequence[ShardJob]) -> float:
+    from sisa.models import build_model
+
+    spec, settings = jobs[0].data, jobs[0].settings
+    params = sum(p.numel() for p in build_model(settings.model, spec.shape, spec.n_classes).parameters())
+    return float(params) * sum(job.sample_passes() for job in jobs)
 
 
 def make_executor(name: str, **options) -> Executor:

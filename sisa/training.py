@@ -57,6 +57,13 @@ class ShardJob:
     shard_sha256: str
     from_slice: int = 0
     start: Optional[dict[str, Any]] = None
+    slice_rows: tuple[int, ...] = ()
+
+    def sample_passes(self) -> int:
+        """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
+        rows = np.cumsum(self.slice_rows) if self.slice_rows else []
+        epochs = self.settings.slice_epochs()
+        return int(sum(rows[r] * epochs[r] for r in range(self.from_slice, len(rows))))
 
 
 @dataclass

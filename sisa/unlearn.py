@@ -266,8 +266,9 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
                 (workspace.checkpoints_dir / r["file"]).unlink(missing_ok=True)
         if entry["rows"] and valid < settings.slices:
             start = next((r for r in own if r["slice"] == valid - 1), None)
-            jobs.append(ShardJob(str(workspace.root), shard, settings, spec, entry["file"], entry["sha256"],
-                                 from_slice=valid, start=start))
+            jobs.append(ShardJob(str(workspace.root.resolve()), shard, settings, spec, entry["file"],
+                                 entry["sha256"], from_slice=valid, start=start,
+                                 slice_rows=tuple(entry["slice_rows"])))
 
     def record_progress(record: dict[str, Any]) -> None:
         if progress is not None:

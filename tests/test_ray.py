@@ -127,3 +127,19 @@ def test_two_node_cluster_trains_and_deletes(digits, local_reference, tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_auto_keeps_small_or_single_shard_work_in_process(digits, tmp_path):
+    from sisa.executors import AutoExecutor
+    from sisa.training import DataSpec, ShardJob
+
+    def jobs(n, rows, model="mlp", shape=(1, 8, 8)):
+        settings = SETTINGS.replace(model=model, epochs=5)
+        return [ShardJob(str(tmp_path), s, settings, DataSpec(shape, "uint8", 1.0, 10), "f", "x",
+                         slice_rows=(rows, rows)) for s in range(n)]
+
+    auto = AutoExecutor()
+    assert isinstance(auto.choose(jobs(5, 150)), InProcessExecutor)            # digits-sized
+    assert isinstance(auto.choose(jobs(1, 30000, "cnn", (1, 28, 28))), InProcessExecutor)  # one shard
+    assert isinstance(auto.choose(jobs(8, 3750, "cnn", (1, 28, 28))), RayExecutor)
+    assert isinstance(AutoExecutor(address="127.0.0.1:1").choose(jobs(1, 10)), RayExecutor)
