@@ -61,7 +61,7 @@ class RayExecutor:
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
         if not jobs:
             return
-        ray = _ray()
+        ray = _ray(self.address)
         _ensure_ray(ray, self.address)
         task = ray.remote(_ray_job)
         cpus = self.cpus_per_shard if self.cpus_per_shard is not None else jobs[0].settings.threads
@@ -93,7 +93,13 @@ class RayExecutor:
             yield result
 
 
-def _ray():
+def _ray(address: Optional[str] = None):
+    if address is None:
+        # A local instance serves this machine only. Ray takes this switch (made for machines
+        # that cannot join clusters) to use the loopback address as the node address, so all
+        # its services listen on 127.0.0.1; otherwise they listen on every interface. It is
+        # read when ray is first imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a dependency

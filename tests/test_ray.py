@@ -143,3 +143,49 @@ def test_auto_keeps_small_or_single_shard_work_in_process(digits, tmp_path):
     assert isinstance(auto.choose(jobs(1, 30000, "cnn", (1, 28, 28))), InProcessExecutor)  # one shard
     assert isinstance(auto.choose(jobs(8, 3750, "cnn", (1, 28, 28))), RayExecutor)
     assert isinstance(AutoExecutor(address="127.0.0.1:1").choose(jobs(1, 10)), RayExecutor)
+
+
+LOCAL_RAY_SCRIPT = """
+import json, sys
+def listening():
+    out = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":
+                out.add(local)
+    return out
+before = listening()
+from sisa.executors import _ensure_ray, _ray
+ray = _ray()
+_ensure_ray(ray, None)
+after = listening() - before
+ray.shutdown()
+print(json.dumps(sorted(after)))
+"""
+
+
+def _is_loopback(hex_address: str) -> bool:
+    """Whether a /proc/net/tcp{,6} local address is a loopback one (127.0.0.0/8 or ::1)."""
+    host = hex_address.rsplit(":", 1)[0]
+    if len(host) == 8:  # IPv4, bytes in little-endian order: 127.x.x.x ends in 7F
+        return host.endswith("7F")
+    mapped_v4 = host.startswith("0000000000000000FFFF0000") and host.endswith("7F")
+    return host == "00000000000000000000000001000000" or mapped_v4
+
+
+def test_a_local_ray_instance_listens_on_loopback_only():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-c", LOCAL_RAY_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    opened = json.loads(done.stdout.strip().splitlines()[-1])
+    assert opened, "Ray opened no listening sockets?"
+    assert all(_is_loopback(a) for a in opened), opened
