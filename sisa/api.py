@@ -14,6 +14,7 @@ from sisa.data import Dataset, Table
 from sisa.ensemble import Ensemble
 from sisa.errors import SisaError
 from sisa.executors import Executor, make_executor
+from sisa.lock import workspace_lock
 from sisa.models import build_model
 from sisa.partition import assign, check_sizes, shard_order
 from sisa.settings import Settings
@@ -32,11 +33,9 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     """
     started = time.perf_counter()
     workspace = Workspace(workdir)
-    if workspace.exists() and not force:
-        raise SisaError(f"{workspace.root} already holds a sisa workspace ({workspace.manifest_path}); "
-                        f"pass --force to replace it")
     if workspace.root.exists() and not workspace.root.is_dir():
         raise SisaError(f"workdir {workspace.root} is not a folder")
+    _refuse_existing(workspace, force)
     train, test = dataset.train, dataset.test
     if train.y is None:
         raise SisaError(f"{dataset.spec} has no labels")
@@ -52,6 +51,27 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
     dtype = str(train.X.dtype)
 
+    with workspace_lock(workspace.root, exclusive=True):
+        _refuse_existing(workspace, force)  # again, now that no other process can be writing
+        records, summary_extra = _write_and_train(
+            workspace, dataset, settings, assignment, counts, labels, test_labels, dtype,
+            executor=executor, progress=progress, source=source)
+    summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
+               "model": settings.model, "n_train": int(len(train)),
+               "train_seconds": round(sum(r["seconds"] for r in records), 3), **summary_extra}
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _refuse_existing(workspace: Workspace, force: bool) -> None:
+    if workspace.exists() and not force:
+        raise SisaError(f"{workspace.root} already holds a sisa workspace ({workspace.manifest_path}); "
+                        f"pass --force to replace it")
+
+
+def _write_and_train(workspace, dataset, settings, assignment, counts, labels, test_labels, dtype, *,
+                     executor, progress, source):
+    train, test = dataset.train, dataset.test
     _clear(workspace)
     try:
         shard_entries = []
@@ -100,13 +120,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     except BaseException:
         _clear(workspace)
         raise
-    summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
-               "model": settings.model, "n_train": int(len(train)),
-               "train_seconds": round(sum(r["seconds"] for r in records), 3)}
-    if test_entry is not None:
-        summary.update(Ensemble(workspace).evaluate())
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    return summary
+    return records, (Ensemble(workspace).evaluate() if test_entry is not None else {})
 
 
 def _clear(workspace: Workspace) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from sisa.ensemble import environment_differences
 from sisa.errors import SisaError
 from sisa.ledger import Ledger
+from sisa.lock import workspace_lock
 from sisa.settings import Settings
 from sisa.store import Workspace, ids_digest, sha256_file
 from sisa.training import DataSpec, ShardJob, run_shard_job
@@ -27,6 +27,11 @@ from sisa.unlearn import key_text, orphan_files
 
 def audit(workspace: Workspace, ids: Optional[Sequence] = None, *, replay: bool = False) -> dict[str, Any]:
     """Check the workspace against the ledger (or against ``ids``); returns ``ok`` and problems."""
+    with workspace_lock(workspace.root, exclusive=False):
+        return _audit(workspace, ids, replay=replay)
+
+
+def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> dict[str, Any]:
     manifest = workspace.read_manifest()
     checkpoints = workspace.read_checkpoints_manifest()
     settings = Settings.from_dict(manifest["settings"])

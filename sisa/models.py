@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
+import torch  # noqa: F401  - the doctest of build_model uses it
 from torch import nn
 
 from sisa.errors import SisaError

@@ -24,6 +24,7 @@ from sisa.errors import SisaError
 from sisa.executors import Executor, make_executor
 from sisa.faults import crash_point
 from sisa.ledger import Ledger
+from sisa.lock import workspace_lock
 from sisa.partition import assign
 from sisa.settings import Settings
 from sisa.store import ShardRows, Workspace, ids_digest, rows_to_parquet
@@ -101,6 +102,11 @@ def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, 
 
 def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False) -> Plan:
     """Group ids by shard and find each shard's earliest affected slice. Changes nothing."""
+    with workspace_lock(workspace.root, exclusive=False):
+        return _plan_deletion(workspace, ids, ignore_missing=ignore_missing)
+
+
+def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool) -> Plan:
     manifest = workspace.read_manifest()
     settings = Settings.from_dict(manifest["settings"])
     deleted: dict[str, tuple[int, int]] = {}
@@ -159,9 +165,15 @@ def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool =
 def delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False,
            executor: Optional[Executor] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Delete ``ids`` exactly; returns the plan's summary once the deletion is committed."""
+    with workspace_lock(workspace.root, exclusive=True):
+        return _delete(workspace, ids, ignore_missing=ignore_missing, executor=executor, progress=progress)
+
+
+def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, executor: Optional[Executor],
+            progress: Optional[Progress]) -> dict[str, Any]:
     started = time.perf_counter()
     complete_pending(workspace, executor=executor, progress=progress)
-    plan = plan_deletion(workspace, ids, ignore_missing=ignore_missing)
+    plan = _plan_deletion(workspace, ids, ignore_missing=ignore_missing)
     if plan.ids:
         ledger = Ledger(workspace.ledger_path)
         try:
@@ -180,6 +192,12 @@ def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = Non
     """Finish every uncommitted deletion request; returns the shards retrained."""
     if not workspace.ledger_path.exists():
         return []
+    with workspace_lock(workspace.root, exclusive=True):
+        return _complete_pending(workspace, executor=executor, progress=progress)
+
+
+def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
+                      progress: Optional[Progress]) -> list[int]:
     ledger = Ledger(workspace.ledger_path)
     try:
         requests = ledger.open_requests()

@@ -30,6 +30,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sisa.lock import WAIT
+
+    token = WAIT.set(not args.no_wait)
     try:
         return args.func(args)
     except SisaError as exc:
@@ -44,3 +47,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"sisa {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        WAIT.reset(token)

@@ -16,6 +16,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                         help="workspace folder holding shards/ and checkpoints/ (default: .)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout instead of text")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="fail at once instead of waiting when another sisa process is using "
+                             "the workspace")
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:

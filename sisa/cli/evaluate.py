@@ -20,7 +20,10 @@ class Eval:
         from sisa.store import Workspace
 
         recover_first(args.workdir)
-        result = Ensemble(Workspace(args.workdir)).evaluate()
+        from sisa.lock import workspace_lock
+
+        with workspace_lock(args.workdir, exclusive=False):
+            result = Ensemble(Workspace(args.workdir)).evaluate()
         lines = [f"ensemble accuracy {result['accuracy']:.4f} on {result['n_test']} test rows "
                  f"({result['aggregation']})"]
         lines += [f"shard {s}: {acc:.4f}" for s, acc in zip(result["shards_used"], result["shard_accuracy"])]

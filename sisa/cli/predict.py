@@ -28,12 +28,18 @@ class Predict:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.data import Dataset, LoadOptions, load_rows
         from sisa.ensemble import Ensemble
-        from sisa.store import Workspace, atomic_write
+        from sisa.lock import workspace_lock
+        from sisa.store import Workspace
 
         recover_first(args.workdir)
-        ensemble = Ensemble(Workspace(args.workdir))
+        with workspace_lock(args.workdir, exclusive=False):
+            return self._predict(args, Ensemble(Workspace(args.workdir)))
+
+    def _predict(self, args: argparse.Namespace, ensemble) -> int:
+        from sisa.data import Dataset, LoadOptions, load_rows
+        from sisa.store import atomic_write
+
         data = ensemble.manifest["data"]
         like = Dataset(data["spec"], None, None, tuple(data["shape"]), ensemble.classes,
                        feature_names=data.get("feature_names"))

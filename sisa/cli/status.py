@@ -20,7 +20,10 @@ class Status:
         from sisa.ensemble import Ensemble
         from sisa.store import Workspace
 
-        status = Ensemble(Workspace(args.workdir)).status()
+        from sisa.lock import workspace_lock
+
+        with workspace_lock(args.workdir, exclusive=False):
+            status = Ensemble(Workspace(args.workdir)).status()
         s, env = status["settings"], status["environment"] or {}
         lines = [
             f"workspace {status['workdir']}: {status['data']['spec']}, {status['n_train']} training "
