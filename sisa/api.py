@@ -90,13 +90,15 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
             test_entry = {"file": "test.parquet", "sha256": sha, "rows": int(len(test))}
 
         spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
+        evaluate = (test_entry["file"], test_entry["sha256"]) if test_entry else None
         jobs = [ShardJob(str(workspace.root.resolve()), e["shard"], settings, spec, e["file"], e["sha256"],
-                         slice_rows=tuple(e["slice_rows"]))
+                         slice_rows=tuple(e["slice_rows"]), evaluate=evaluate)
                 for e in shard_entries if e["rows"]]
-        records, environments = [], []
+        records, environments, test_probas = [], [], {}
         for result in (executor or make_executor("local")).run(jobs, progress):
             records.extend(result.checkpoints)
             environments.append(result.environment)
+            test_probas[result.shard] = result.test_probas
         if any(env != environments[0] for env in environments):
             raise SisaError(f"shards were trained under different numerics environments: {environments}")
         records.sort(key=lambda r: (r["shard"], r["slice"]))
@@ -111,6 +113,9 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
                 "scale": float(dataset.scale), "classes": list(dataset.classes),
                 "feature_names": dataset.feature_names, "id_kind": dataset.id_kind,
                 "n_train": int(len(train)), "n_test": int(len(test)) if test_labels is not None else 0,
+                # with the ledger, these show whether rows went missing without a deletion
+                "n_train_initial": int(len(train)),
+                "n_test_initial": int(len(test)) if test_labels is not None else 0,
                 **(source or {}),
             },
             "shards": shard_entries,
@@ -120,7 +125,11 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
     except BaseException:
         _clear(workspace)
         raise
-    return records, (Ensemble(workspace).evaluate() if test_entry is not None else {})
+    if test_entry is None:
+        return records, {}
+    ensemble = Ensemble(workspace)
+    probas = np.stack([test_probas[r["shard"]] for r in ensemble.final_records()])
+    return records, ensemble.evaluate(probas)
 
 
 def _clear(workspace: Workspace) -> None:

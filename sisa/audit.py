@@ -37,16 +37,33 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
     settings = Settings.from_dict(manifest["settings"])
     data = manifest["data"]
     spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
-    ledger = Ledger(workspace.ledger_path)
-    try:
-        deleted = ledger.deleted()
-        open_requests = ledger.open_requests()
-    finally:
-        ledger.close()
+    deleted: dict[str, tuple[int, int]] = {}
+    open_requests: list[int] = []
+    if workspace.ledger_path.exists():  # an audit reads; it never creates the ledger
+        ledger = Ledger(workspace.ledger_path)
+        try:
+            deleted = ledger.deleted()
+            open_requests = ledger.open_requests()
+        finally:
+            ledger.close()
     targets = {key_text(i) for i in ids} if ids is not None else set(deleted)
     problems: list[str] = []
     if open_requests:
         problems.append(f"{len(open_requests)} deletion request(s) not yet committed; run 'sisa recover'")
+    from sisa.unlearn import TEST_SHARD
+
+    deleted_train = sum(1 for shard, _ in deleted.values() if shard != TEST_SHARD)
+    deleted_test = len(deleted) - deleted_train
+    if "n_train_initial" in data:
+        live = sum(e["rows"] for e in manifest["shards"])
+        if live + deleted_train != data["n_train_initial"]:
+            problems.append(f"the shards hold {live} rows and the ledger {deleted_train} deleted training ids, "
+                            f"but training started with {data['n_train_initial']} rows: the ledger or the "
+                            f"shard files were changed outside sisa")
+        test_rows = (manifest.get("test") or {}).get("rows", 0)
+        if test_rows + deleted_test != data.get("n_test_initial", test_rows + deleted_test):
+            problems.append("the test rows and the ledger's test deletions do not add up to the initial test "
+                            "rows: the ledger or the test file was changed outside sisa")
     rows_by_shard = {}
     for entry in manifest["shards"]:
         path = workspace.shards_dir / entry["file"]
@@ -71,6 +88,14 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
         where = f"checkpoint shard {record['shard']} slice {record['slice']} ({record['file']})"
         if not workspace.verify_checkpoint(record):
             problems.append(f"{where} is missing or does not match its sha256")
+        else:
+            try:  # whole, a torch file of tensors only, and the slice its record says
+                counters = workspace.load_checkpoint(record)["counters"]
+                if (counters["shard"], counters["slice"], counters["samples"]) != \
+                        (record["shard"], record["slice"], record["samples"]):
+                    problems.append(f"{where} holds the state of another shard or slice")
+            except (SisaError, KeyError, TypeError) as exc:
+                problems.append(f"{where}: {exc}")
         rows = rows_by_shard.get(record["shard"])
         if rows is not None:
             n = int(np.searchsorted(rows.slice, record["slice"], side="right"))

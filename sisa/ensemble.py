@@ -10,8 +10,7 @@ from sisa.aggregation import aggregate
 from sisa.errors import SisaError
 from sisa.settings import Settings
 from sisa.store import ShardRows, Workspace, sha256_file
-from sisa.models import build_model
-from sisa.training import DataSpec, deterministic_torch, numerics_environment
+from sisa.training import DataSpec, deterministic_torch, numerics_environment, predict_probas
 
 
 class Ensemble:
@@ -57,26 +56,13 @@ class Ensemble:
     def shard_sizes(self) -> list[int]:
         return [entry["rows"] for entry in self.manifest["shards"]]
 
-    def shard_probas(self, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def shard_probas(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of every shard model, shape (shards, rows, classes)."""
-        import torch
-
         X = self._check_rows(X)
-        settings = self.settings
-        out = []
-        with deterministic_torch(settings), torch.no_grad():
-            for record in self.final_records():
-                state = self.workspace.load_checkpoint(record)
-                model = build_model(settings.model, self.data.shape, self.data.n_classes).to(settings.device)
-                model.load_state_dict(state["model"])
-                model.eval()
-                parts = []
-                for start in range(0, len(X), batch_size):
-                    batch = torch.from_numpy(X[start:start + batch_size]).to(settings.device)
-                    logits = model(batch.float().mul_(self.data.scale))
-                    parts.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
-                out.append(np.concatenate(parts) if parts else np.zeros((0, self.data.n_classes)))
-        return np.stack(out)
+        with deterministic_torch(self.settings):
+            return np.stack([predict_probas(self.workspace.load_checkpoint(record)["model"], X,
+                                            settings=self.settings, data=self.data)
+                             for record in self.final_records()])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         sizes = [self.shard_sizes()[r["shard"]] for r in self.final_records()]
@@ -101,10 +87,11 @@ class Ensemble:
                             "with predict")
         return self.workspace.read_data_file(test["file"], test["sha256"], self.data.shape, self.data.dtype)
 
-    def evaluate(self) -> dict[str, Any]:
-        """Test accuracy of the ensemble and of each shard model."""
+    def evaluate(self, probas: Optional[np.ndarray] = None) -> dict[str, Any]:
+        """Test accuracy of the ensemble and of each shard model (``probas``: the shard
+        models' test probabilities when already computed, in final_records order)."""
         rows = self.test_rows()
-        probas = self.shard_probas(rows.X)
+        probas = self.shard_probas(rows.X) if probas is None else probas
         sizes = [self.shard_sizes()[r["shard"]] for r in self.final_records()]
         ensemble = aggregate(self.settings.aggregation, probas, sizes)
         return {

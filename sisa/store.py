@@ -59,6 +59,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _seal(obj: dict[str, Any]) -> str:
+    """Checksum of a manifest's contents (its own ``checksum`` field left out). It catches
+    corruption and hand edits; a replay (``sisa audit --replay``) catches the rest."""
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -161,7 +168,9 @@ class Workspace:
         return manifest
 
     def write_json(self, path: Path, obj: dict[str, Any]) -> None:
-        atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+        """Write a manifest atomically, sealed with a checksum of its contents."""
+        sealed = dict(obj, checksum=_seal(obj))
+        atomic_write(path, (json.dumps(sealed, indent=1, sort_keys=True) + "\n").encode())
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any]:
@@ -173,6 +182,8 @@ class Workspace:
             raise SisaError(f"cannot read {path}: {exc}") from None
         if not isinstance(obj, dict):
             raise SisaError(f"{path} is not a JSON object")
+        if obj.get("checksum") != _seal(obj):
+            raise SisaError(f"{path} was edited or damaged: its checksum does not match its contents")
         return obj
 
     # -- data files

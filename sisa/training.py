@@ -58,6 +58,9 @@ class ShardJob:
     from_slice: int = 0
     start: Optional[dict[str, Any]] = None
     slice_rows: tuple[int, ...] = ()
+    evaluate: Optional[tuple[str, str]] = None
+    """(file, sha256) of the test rows: the job then also returns its final model's class
+    probabilities on them, so evaluation runs where training ran (in parallel under Ray)."""
 
     def sample_passes(self) -> int:
         """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
@@ -72,6 +75,7 @@ class ShardResult:
     checkpoints: list[dict[str, Any]]
     environment: dict[str, Any]
     seconds: float = 0.0
+    test_probas: Optional[np.ndarray] = None
 
 
 def derive_seed(*parts: Any) -> int:
@@ -264,5 +268,29 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
             if progress is not None:
                 progress(record)
             crash_point("worker-mid-shard")
-    return ShardResult(job.shard, records, environment, time.perf_counter() - started)
+        test_probas = None
+        if job.evaluate is not None and state is not None:
+            test = workspace.read_data_file(job.evaluate[0], job.evaluate[1], data.shape, data.dtype)
+            test_probas = predict_probas(state["model"], test.X, settings=settings, data=data)
+    return ShardResult(job.shard, records, environment, time.perf_counter() - started, test_probas)
+
+
+def predict_probas(model_state: dict[str, Any], X: np.ndarray, *, settings: Settings, data: DataSpec,
+                   batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (float64) of the model with ``model_state`` on rows ``X``; the one
+    place inference happens, so evaluation gives the same numbers wherever it runs."""
+    import torch
+
+    from sisa.models import build_model
+
+    model = build_model(settings.model, data.shape, data.n_classes).to(settings.device)
+    model.load_state_dict(model_state)
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            batch = torch.from_numpy(np.array(X[start:start + batch_size], copy=True)).to(settings.device)
+            logits = model(batch.float().mul_(data.scale))
+            parts.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, data.n_classes))
 

@@ -42,8 +42,11 @@ def parse_ids(raw: Iterable[str], id_kind: str) -> list:
     out = []
     for text in raw:
         if id_kind == "int":
-            if not _INT.fullmatch(text) or not -2**63 <= int(text) < 2**63:
-                raise SisaError(f"id {text!r} is not an integer, and this workspace's ids are integers")
+            if not _INT.fullmatch(text):
+                raise SisaError(f"id {text[:40]!r} is not an integer, and this workspace's ids are integers")
+            if not -2**63 <= int(text) < 2**63:
+                raise SisaError(f"id {text[:40]}{'...' if len(text) > 40 else ''} is outside the 64-bit "
+                                f"integer range of this workspace's ids")
             out.append(int(text))
         else:
             out.append(text)

@@ -81,3 +81,12 @@ def checkpoint_shas(workdir: Path) -> dict[tuple[int, int], str]:
 
 
 FAST = ("--epochs", "2", "--shards", "3", "--slices", "2")
+
+
+def edit_manifest(path: Path, change) -> None:
+    """Edit a manifest the way a careful tamperer would: change it and re-seal its checksum."""
+    from sisa.store import Workspace
+
+    obj = json.loads(path.read_text())
+    change(obj)
+    Workspace(path.parent.parent).write_json(path, obj)

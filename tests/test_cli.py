@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import FAST, checkpoint_shas, make_table, run_cli, tree
+from conftest import FAST, checkpoint_shas, edit_manifest, make_table, run_cli, tree
 
 
 def test_default_train_on_digits_is_accurate_and_fast(tmp_path):
@@ -59,9 +59,7 @@ def test_status_reports_every_checkpoint(tmp_path):
     human = run_cli("status", "--workdir", tmp_path)
     assert "all 6 checkpoints and 3 shard files match" in human.out and "note:" not in human.out
     manifest_path = tmp_path / "checkpoints" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["environment"]["torch"] = "1.0.0"
-    manifest_path.write_text(json.dumps(manifest))
+    edit_manifest(manifest_path, lambda m: m["environment"].update(torch="1.0.0"))
     moved = run_cli("status", "--workdir", tmp_path, "--json").json
     assert moved["environment_differences"][0].startswith("torch: trained under '1.0.0'")
 
@@ -205,3 +203,12 @@ def test_usage_errors(tmp_path, argv, message):
 
 def test_unknown_flag_is_a_usage_error(tmp_path):
     assert run_cli("train", "--colour", "red").code == 2
+
+
+def test_a_hand_edited_manifest_is_detected(tmp_path):
+    run_cli("train", "--workdir", tmp_path, *FAST)
+    path = tmp_path / "shards" / "manifest.json"
+    path.write_text(path.read_text().replace('"aggregation": "mean-proba"', '"aggregation": "vote"'))
+    for command in (("status",), ("eval",), ("predict", "--input", "digits"), ("audit",)):
+        result = run_cli(*command, "--workdir", tmp_path)
+        assert result.code == 1 and "was edited or damaged" in result.err, command

@@ -20,7 +20,7 @@ from sisa.settings import Settings
 from sisa.store import Workspace
 from sisa.unlearn import delete
 
-from conftest import make_table, run_cli, tree
+from conftest import edit_manifest, make_table, run_cli, tree
 
 SETTINGS = Settings(shards=3, slices=4, epochs=4, batch_size=32)
 
@@ -297,11 +297,11 @@ def test_audit_fails_when_a_deleted_row_is_put_back(base, tmp_path, fix_manifest
     entry = manifest["shards"][shard]
     old_name = next(n for n in original if n.startswith(f"shard-{shard:03d}-"))
     (ws.shards_dir / entry["file"]).write_bytes(original[old_name])  # the deleted row is back
-    if fix_manifest:  # a careful tamperer also updates the recorded sha256
+    if fix_manifest:  # a careful tamperer also updates the recorded sha256 and the checksum
         import hashlib
 
-        entry["sha256"] = hashlib.sha256(original[old_name]).hexdigest()
-        ws.manifest_path.write_text(json.dumps(manifest))
+        sha = hashlib.sha256(original[old_name]).hexdigest()
+        edit_manifest(ws.manifest_path, lambda m: m["shards"][shard].update(sha256=sha))
     result = run_cli("audit", "--workdir", ws.root, "--replay", "--json")
     assert result.code == 1
     assert any("holds deleted ids" in p or "does not match its sha256" in p for p in result.json["problems"])
@@ -353,10 +353,22 @@ def test_string_ids_and_a_numerics_warning(tmp_path):
     result = run_cli("delete", "--workdir", ws, "--ids", f"{train_ids[0]},{train_ids[1]}", "--json")
     assert result.code == 0 and sorted(result.json["deleted"]) == sorted(train_ids[:2])
     assert "warning" not in result.err
-    manifest = json.loads((ws / "checkpoints" / "manifest.json").read_text())
-    manifest["environment"]["cpu_capability"] = "AVX512"
-    (ws / "checkpoints" / "manifest.json").write_text(json.dumps(manifest))
+    edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m["environment"].update(cpu_capability="AVX512"))
     warned = run_cli("delete", "--workdir", ws, "--ids", train_ids[2])
     assert warned.code == 0 and "warning: numerics differ" in warned.err
     refused = run_cli("audit", "--workdir", ws, "--replay", "--json")
     assert refused.code == 1 and "cannot replay bit for bit" in refused.json["problems"][0]
+
+
+def test_audit_notices_ledger_rows_removed_behind_its_back(base, tmp_path):
+    import sqlite3
+
+    ws = copy_of(base, tmp_path)
+    delete(ws, sorted(shard_layout(base))[:3])
+    assert run_cli("audit", "--workdir", ws.root).code == 0
+    db = sqlite3.connect(ws.ledger_path)
+    db.execute("DELETE FROM deleted WHERE rowid = (SELECT MIN(rowid) FROM deleted)")
+    db.commit()
+    db.close()
+    result = run_cli("audit", "--workdir", ws.root, "--json")
+    assert result.code == 1 and any("changed outside sisa" in p for p in result.json["problems"])

@@ -11,7 +11,7 @@ from sisa.cli import delete, evaluate, predict, status, train
 from sisa.errors import SisaError
 
 COMMANDS = (train.Train, delete.Delete, status.Status, evaluate.Eval, predict.Predict,
-            delete.Recover, delete.Audit)
+            delete.Recover, delete.Audit, delete.Repair)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -166,3 +166,30 @@ class Audit:
             text = "audit FAILED:\n" + "\n".join(f"  {p}" for p in result["problems"])
         emit(args, result, text)
         return 0 if result["ok"] else 1
+
+
+class Repair:
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("repair", help="rebuild damaged files, then verify",
+                           description="Retrain shards from their last good checkpoint where a "
+                                       "checkpoint is damaged or missing, rebuild a lost checkpoints "
+                                       "manifest from the whole checkpoint files, rebuild damaged shard "
+                                       "or test files from --data (less the deleted ids), remove "
+                                       "unmanaged files, then audit. Exits 1 if problems remain.")
+        p.add_argument("--data", metavar="SPEC", help="the source the workspace was trained on, to "
+                                                      "rebuild damaged shard or test files")
+        add_executor_args(p)
+        add_common(p)
+        p.set_defaults(func=self._cmd)
+
+    def _cmd(self, args: argparse.Namespace) -> int:
+        from sisa.repair import repair
+        from sisa.store import Workspace
+
+        result = repair(Workspace(args.workdir), data_spec=args.data, executor=executor_from(args),
+                        progress=retrain_progress)
+        lines = [f"  {a}" for a in result["actions"]] or ["  nothing needed repair"]
+        lines.append("verified: audit passed" if result["ok"] else
+                     "audit still FAILS:\n" + "\n".join(f"  {p}" for p in result["problems"]))
+        emit(args, result, "\n".join(lines))
+        return 0 if result["ok"] else 1

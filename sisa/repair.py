@@ -1,0 +1,159 @@
+"""Repair: rebuild what is damaged from what is not, then verify.
+
+- A checkpoint that is missing or no longer matches its sha256 is dropped with every later
+  slice of its shard, and the shard retrains from its last good checkpoint.
+- A lost or damaged checkpoints manifest is rebuilt from the checkpoint files that are still
+  whole (each holds its shard, slice and sample counters; its id set is checked against the
+  shard's rows), then the gaps retrain.
+- A damaged shard or test file is rebuilt from the user's source (``data_spec``), less every
+  id in the deletion ledger. When the rebuilt file is byte-identical to the recorded one it is
+  simply restored; otherwise the shard retrains from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from sisa.errors import SisaError
+from sisa.executors import Executor
+from sisa.ledger import Ledger
+from sisa.lock import workspace_lock
+from sisa.settings import Settings
+from sisa.store import CHECKPOINTS_FORMAT, Workspace, ids_digest, rows_to_parquet, sha256_file
+from sisa.training import Progress
+from sisa.unlearn import TEST_SHARD, complete_pending, key_text, orphan_files, retrain_shards
+
+
+def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: Optional[Executor] = None,
+           progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Repair the workspace; returns what was done and the audit that followed."""
+    with workspace_lock(workspace.root, exclusive=True):
+        manifest = workspace.read_manifest()
+        actions: list[str] = []
+        settings = Settings.from_dict(manifest["settings"])
+        damaged = [e for e in manifest["shards"] if sha256_file(workspace.shards_dir / e["file"]) != e["sha256"]]
+        test = manifest.get("test")
+        test_damaged = bool(test) and sha256_file(workspace.shards_dir / test["file"]) != test["sha256"]
+        rebuilt_from_scratch: set[int] = set()
+        if damaged or test_damaged:
+            if data_spec is None:
+                names = [e["file"] for e in damaged] + ([test["file"]] if test_damaged else [])
+                raise SisaError(f"damaged data files: {', '.join(names)}; pass --data SPEC (the source the "
+                                f"workspace was trained on) to rebuild them")
+            rebuilt_from_scratch = _rebuild_data(workspace, manifest, damaged, test_damaged, data_spec, actions)
+        try:
+            workspace.read_checkpoints_manifest()
+        except SisaError as exc:
+            _rebuild_checkpoints_manifest(workspace, settings, actions, reason=str(exc))
+        complete_pending(workspace, executor=executor, progress=progress)
+        checkpoints = workspace.read_checkpoints_manifest()["checkpoints"]
+        bad = sorted({r["shard"] for r in checkpoints if not workspace.verify_checkpoint(r)})
+        if rebuilt_from_scratch:
+            checkpoints = [r for r in checkpoints if r["shard"] not in rebuilt_from_scratch]
+            manifest_c = workspace.read_checkpoints_manifest()
+            manifest_c["checkpoints"] = checkpoints
+            workspace.write_json(workspace.checkpoints_manifest_path, manifest_c)
+        for shard in bad:
+            actions.append(f"shard {shard}: damaged checkpoint(s); retrained from the last good one")
+        retrain_shards(workspace, range(settings.shards), executor=executor, progress=progress)
+        for path in orphan_files(workspace):
+            path.unlink(missing_ok=True)
+            actions.append(f"removed {path.relative_to(workspace.root)} (named by no manifest)")
+    from sisa.audit import audit
+
+    result = audit(workspace)
+    return {"actions": actions, "ok": result["ok"], "problems": result["problems"]}
+
+
+def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[dict[str, Any]],
+                  test_damaged: bool, data_spec: str, actions: list[str]) -> set[int]:
+    from sisa.data import load
+    from sisa.partition import assign, shard_order
+
+    data = manifest["data"]
+    settings = Settings.from_dict(manifest["settings"])
+    source = load(data_spec, id_col=data.get("id_col", "id"), label_col=data.get("label_col", "label"),
+                  test_spec=data.get("test_spec"), test_fraction=data.get("test_fraction", 0.2))
+    deleted = set()
+    if workspace.ledger_path.exists():
+        ledger = Ledger(workspace.ledger_path)
+        try:
+            deleted = set(ledger.deleted())
+        finally:
+            ledger.close()
+    retrain: set[int] = set()
+
+    def keep(table):
+        mask = np.array([key_text(v) not in deleted for v in table.ids.tolist()], dtype=bool)
+        return table.take(mask)
+
+    for entry in damaged:
+        train = keep(source.train)
+        where = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
+        rows = shard_order(where, entry["shard"])
+        labels = source.label_index(train.y[rows], "training data")
+        payload = rows_to_parquet(train.ids[rows], entry["shard"], where.slice[rows], labels,
+                                  train.X[rows].astype(data["dtype"]))
+        _replace(workspace, manifest, entry, payload, f"shard-{entry['shard']:03d}", actions, retrain)
+    if test_damaged:
+        test = keep(source.test)
+        order = np.argsort(np.array([str(i) for i in test.ids])) if test.ids.dtype == object \
+            else np.argsort(test.ids, kind="stable")
+        labels = source.label_index(test.y[order], "test data")
+        payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data["dtype"]))
+        _replace(workspace, manifest, manifest["test"], payload, "test", actions, retrain, shard=TEST_SHARD)
+    workspace.write_json(workspace.manifest_path, manifest)
+    return {s for s in retrain if s != TEST_SHARD}
+
+
+def _replace(workspace: Workspace, manifest: dict[str, Any], entry: dict[str, Any], payload: bytes,
+             prefix: str, actions: list[str], retrain: set[int], shard: Optional[int] = None) -> None:
+    from sisa.store import sha256_bytes
+
+    shard = entry.get("shard", TEST_SHARD) if shard is None else shard
+    if sha256_bytes(payload) == entry["sha256"]:
+        workspace.write_data_file(entry["file"], payload)
+        actions.append(f"restored {entry['file']} from the source, byte for byte")
+        return
+    name, sha = workspace.write_versioned(prefix, payload)
+    actions.append(f"rebuilt {entry['file']} from the source as {name} (contents differ from the "
+                   f"recorded file{'; the shard retrains from scratch' if shard != TEST_SHARD else ''})")
+    entry.update(file=name, sha256=sha)
+    retrain.add(shard)
+
+
+def _rebuild_checkpoints_manifest(workspace: Workspace, settings: Settings, actions: list[str],
+                                  reason: str) -> None:
+    manifest = workspace.read_manifest()
+    data = manifest["data"]
+    records = []
+    for entry in manifest["shards"]:
+        if not entry["rows"]:
+            continue
+        rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
+        for slice_ in range(settings.slices):
+            n = int(np.searchsorted(rows.slice, slice_, side="right"))
+            digest = ids_digest(rows.ids[:n])
+            name = workspace.checkpoint_name(entry["shard"], slice_, digest)
+            path = workspace.checkpoints_dir / name
+            if not path.exists():
+                break
+            record = {"shard": entry["shard"], "slice": slice_, "file": name, "sha256": sha256_file(path),
+                      "ids_sha256": digest, "samples": n, "epochs": settings.slice_epochs()[slice_],
+                      "seconds": 0.0}
+            try:
+                counters = workspace.load_checkpoint(record)["counters"]
+            except (SisaError, KeyError):
+                break
+            if (counters.get("shard"), counters.get("slice"), counters.get("samples")) != (entry["shard"], slice_, n):
+                break
+            records.append(record)
+    from sisa.training import numerics_environment
+
+    environment = numerics_environment(settings)
+    workspace.write_json(workspace.checkpoints_manifest_path,
+                         {"format": CHECKPOINTS_FORMAT, "environment": environment, "checkpoints": records})
+    actions.append(f"rebuilt checkpoints/manifest.json from {len(records)} whole checkpoint files ({reason}); "
+                   f"numerics recorded as this machine's")

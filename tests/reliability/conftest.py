@@ -1,0 +1,37 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from conftest import make_table  # noqa: E402
+
+from sisa.api import train_workspace  # noqa: E402
+from sisa.data import load  # noqa: E402
+from sisa.settings import Settings  # noqa: E402
+
+SETTINGS = Settings(shards=4, slices=3, epochs=3, batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("source") / "rows.parquet"
+    pq.write_table(make_table(n=400, features=5), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_base(tmp_path_factory, source):
+    ws = tmp_path_factory.mktemp("trained") / "ws"
+    train_workspace(ws, load(f"parquet:{source}"), SETTINGS,
+                    source={"id_col": "id", "label_col": "label", "test_spec": None, "test_fraction": 0.2})
+    return ws
+
+
+@pytest.fixture
+def ws(trained_base, tmp_path):
+    shutil.copytree(trained_base, tmp_path / "ws")
+    return tmp_path / "ws"

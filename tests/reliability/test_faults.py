@@ -1,0 +1,100 @@
+"""Failed writes and kills at random moments never lose an acknowledged deletion."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli, tree
+
+from sisa.store import Workspace
+
+
+def train_ids(ws):
+    import pyarrow.parquet as pq
+
+    ids = []
+    for path in sorted((ws / "shards").glob("shard-*.parquet")):
+        ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return sorted(ids)
+
+
+@pytest.mark.parametrize("where", ["write_checkpoint", "write_versioned"])
+def test_a_failed_write_during_delete_is_reported_and_a_retry_finishes_it(ws, monkeypatch, where):
+    ids = train_ids(ws)[:3]
+    real = getattr(Workspace, where)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Workspace, where, disk_full)
+    failed = run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, ids)))
+    assert failed.code == 1 and "No space left on device" in failed.err and "Traceback" not in failed.err
+    monkeypatch.setattr(Workspace, where, real)
+    status = run_cli("status", "--workdir", ws, "--json")
+    assert status.code == 0 and status.json["deletions"]["pending"] == 1  # recorded, not lost
+    retry = run_cli("recover", "--workdir", ws, "--json")
+    assert retry.code == 0
+    again = run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, ids)), "--json")
+    assert sorted(again.json["already_deleted"]) == ids
+    assert run_cli("audit", "--workdir", ws, "--replay").code == 0
+
+
+def test_a_failed_write_during_train_leaves_the_folder_as_it_was(tmp_path, source, monkeypatch):
+    (tmp_path / "ws").mkdir()
+    before = tree(tmp_path / "ws")
+    monkeypatch.setattr(Workspace, "write_shard_file",
+                        lambda self, *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    failed = run_cli("train", "--data", f"parquet:{source}", "--workdir", tmp_path / "ws", "--epochs", "1")
+    assert failed.code == 1 and "No space left" in failed.err
+    assert tree(tmp_path / "ws") == before
+
+
+def _kill_loop(ws, rounds: int, seed: int) -> dict:
+    """Start `sisa delete`, SIGKILL it after a random delay, let the next command recover."""
+    rng = random.Random(seed)
+    pool = train_ids(ws)
+    rng.shuffle(pool)
+    acknowledged, killed = set(), 0
+    env = dict(os.environ, SISA_EXECUTOR="local")
+    for round_ in range(rounds):
+        batch = [pool.pop() for _ in range(rng.randint(1, 4))]
+        proc = subprocess.Popen([sys.executable, "-m", "sisa", "delete", "--workdir", str(ws), "--json",
+                                 "--ids", ",".join(map(str, batch))], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(2.0, 7.0))  # start-up is ~3 s, the deletion a few more
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        out, _ = proc.communicate()
+        if proc.returncode == 0:
+            acknowledged |= set(json.loads(out)["deleted"])
+        recovered = run_cli("recover", "--workdir", ws)
+        assert recovered.code == 0, recovered.err
+    return {"acknowledged": acknowledged, "killed": killed}
+
+
+def test_kills_at_random_moments_lose_no_acknowledged_deletion(ws):
+    result = _kill_loop(ws, rounds=3, seed=1)
+    _check_after_kills(ws, result)
+
+
+@pytest.mark.slow
+def test_twenty_random_kills(ws):
+    result = _kill_loop(ws, rounds=20, seed=7)
+    assert result["killed"] >= 10
+    _check_after_kills(ws, result)
+
+
+def _check_after_kills(ws, result):
+    audit = run_cli("audit", "--workdir", ws, "--replay", "--json")
+    assert audit.code == 0, audit.json["problems"]
+    remaining = set(train_ids(ws))
+    assert not (result["acknowledged"] & remaining), "an acknowledged deletion came back"
+    status = run_cli("status", "--workdir", ws, "--json").json
+    assert status["deletions"]["pending"] == 0
