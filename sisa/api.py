@@ -18,7 +18,7 @@ from sisa.lock import workspace_lock
 from sisa.models import build_model
 from sisa.partition import assign, check_sizes, shard_order
 from sisa.settings import Settings
-from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, rows_to_parquet
+from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
 
@@ -83,8 +83,7 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
                                   "slice_rows": counts[s].tolist()})
         test_entry = None
         if test_labels is not None:
-            order = np.argsort(np.array([str(i) for i in test.ids])) if test.ids.dtype == object \
-                else np.argsort(test.ids, kind="stable")
+            order = id_order(test.ids)
             sha = workspace.write_data_file("test.parquet", rows_to_parquet(
                 test.ids[order], None, None, test_labels[order], test.X[order].astype(dtype)))
             test_entry = {"file": "test.parquet", "sha256": sha, "rows": int(len(test))}

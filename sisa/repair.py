@@ -21,7 +21,7 @@ from sisa.executors import Executor
 from sisa.ledger import Ledger
 from sisa.lock import workspace_lock
 from sisa.settings import Settings
-from sisa.store import CHECKPOINTS_FORMAT, Workspace, ids_digest, rows_to_parquet, sha256_file
+from sisa.store import CHECKPOINTS_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet, sha256_file
 from sisa.training import Progress
 from sisa.unlearn import TEST_SHARD, complete_pending, key_text, orphan_files, retrain_shards
 
@@ -99,8 +99,7 @@ def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[
         _replace(workspace, manifest, entry, payload, f"shard-{entry['shard']:03d}", actions, retrain)
     if test_damaged:
         test = keep(source.test)
-        order = np.argsort(np.array([str(i) for i in test.ids])) if test.ids.dtype == object \
-            else np.argsort(test.ids, kind="stable")
+        order = id_order(test.ids)
         labels = source.label_index(test.y[order], "test data")
         payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data["dtype"]))
         _replace(workspace, manifest, manifest["test"], payload, "test", actions, retrain, shard=TEST_SHARD)

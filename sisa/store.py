@@ -124,6 +124,13 @@ def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.n
     return buffer.getvalue()
 
 
+def id_order(ids: np.ndarray) -> np.ndarray:
+    """A canonical order of rows by id, so a file's bytes never depend on the input order."""
+    if ids.dtype == object:
+        return np.argsort(np.array([str(i) for i in ids]), kind="stable")
+    return np.argsort(ids, kind="stable")
+
+
 def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRows:
     import pyarrow.parquet as pq
 
