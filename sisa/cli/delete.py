@@ -11,11 +11,16 @@ from sisa.cli._common import (add_common, add_executor_args, emit, executor_from
 from sisa.errors import SisaError
 
 
+def split_ids(text: str) -> list[str]:
+    """Ids as typed after --ids: comma-separated, blanks ignored."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def read_ids(args: argparse.Namespace, id_col: str) -> list[str]:
     """Ids as text from --ids and --ids-file (lines, or a CSV/Parquet id column)."""
     raw: list[str] = []
     if args.ids is not None:
-        raw += [part.strip() for part in args.ids.split(",") if part.strip()]
+        raw += split_ids(args.ids)
     if args.ids_file is not None:
         path = Path(args.ids_file)
         if not path.is_file():
@@ -155,7 +160,7 @@ class Audit:
         recover_first(args.workdir)
         ids = None
         if args.ids is not None:
-            ids = parse_ids([p.strip() for p in args.ids.split(",") if p.strip()], manifest["data"]["id_kind"])
+            ids = parse_ids(split_ids(args.ids), manifest["data"]["id_kind"])
         result = audit(workspace, ids, replay=args.replay)
         if result["ok"]:
             text = (f"audit passed: {result['checked_ids']} deleted id(s) absent from every shard file and "
