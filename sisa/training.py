@@ -19,7 +19,7 @@ import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -30,6 +30,16 @@ from sisa.store import Workspace, ids_digest
 
 Progress = Callable[[dict[str, Any]], None]
 """Called after each slice with the new checkpoint record (shard, slice, samples, seconds...)."""
+
+
+class StepObserver(Protocol):
+    """Sees every optimizer step of :func:`train_slice`: ``before_step`` just before the
+    optimizer updates the weights, ``after_step`` just after, each with the positions of the
+    batch's rows. Amnesiac unlearning logs updates this way."""
+
+    def before_step(self, batch: Any) -> None: ...
+
+    def after_step(self, batch: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,7 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: DataSpec,
-                shard: int, slice_: int, epochs: int) -> int:
+                shard: int, slice_: int, epochs: int, observer: Optional[StepObserver] = None) -> int:
     """Train ``epochs`` epochs on rows ``X``, ``y`` (canonical order); returns optimizer steps."""
     import torch
     import torch.nn.functional as F
@@ -201,7 +211,11 @@ def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: 
             loss = F.cross_entropy(model(inputs), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if observer is not None:
+                observer.before_step(batch)
             optimizer.step()
+            if observer is not None:
+                observer.after_step(batch)
             steps += 1
             if steps == 1:
                 crash_point("mid-slice")  # a crash test's kill point inside a slice's training

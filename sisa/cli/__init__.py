@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from sisa.cli import delete, evaluate, predict, status, train
+from sisa.cli import compare, delete, evaluate, predict, status, train
 from sisa.errors import SisaError
 
 COMMANDS = (train.Train, delete.Delete, status.Status, evaluate.Eval, predict.Predict,
-            delete.Recover, delete.Audit, delete.Repair)
+            delete.Recover, delete.Audit, delete.Repair, compare.Compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,58 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                              "the workspace")
 
 
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", metavar="SPEC",
+                        help="digits (default), fashion-mnist[:DIR], mnist[:DIR], cifar10[:DIR], "
+                             "csv:PATH or parquet:PATH")
+    parser.add_argument("--test-data", metavar="SPEC", help="separate evaluation data")
+    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                        help="share of rows held out for testing, chosen by a hash of the id, when "
+                             "the data has no test split and --test-data is not given (default 0.2)")
+    parser.add_argument("--id-col", default="id", help="id column of a table (default id)")
+    parser.add_argument("--label-col", default="label", help="label column of a table (default label)")
+
+
+SETTINGS_FLAGS = ("shards", "slices", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+                  "scheduler", "epoch_schedule", "seed", "threads", "device", "aggregation")
+
+
+def add_settings_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`sisa.settings.Settings` (unset ones fall back to the data's defaults)."""
+    from sisa.settings import DEVICES, EPOCH_SCHEDULES, OPTIMIZERS, SCHEDULERS
+
+    group = parser.add_argument_group("training settings")
+    group.add_argument("--shards", type=int, help="number of shards S (default 5)")
+    group.add_argument("--slices", type=int, help="slices per shard R (default 4)")
+    group.add_argument("--model", help="logreg, mlp, cnn or resnet18 (default: mlp for tables "
+                                       "and digits, cnn for the other image datasets)")
+    group.add_argument("--epochs", type=int, help="epochs of an unsliced shard (default 30; "
+                                                  "recalibrated over the slices)")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS)
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--scheduler", choices=SCHEDULERS)
+    group.add_argument("--epoch-schedule", choices=EPOCH_SCHEDULES)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--threads", type=int, help="torch threads per shard (default 1); "
+                                                   "changing it changes the trained bits")
+    group.add_argument("--device", choices=DEVICES)
+    group.add_argument("--aggregation", help="mean-proba (default), vote or size-weighted")
+
+
+def dataset_and_settings(args: argparse.Namespace):
+    """Load ``--data`` and build the settings: flags > the dataset's defaults > Settings' own."""
+    from sisa.data import load
+    from sisa.settings import Settings
+
+    dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
+                   test_spec=args.test_data, test_fraction=args.test_fraction)
+    chosen: dict[str, Any] = dict(dataset.defaults)
+    chosen.update({k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None})
+    return dataset, Settings(**chosen)
+
+
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--executor", choices=("auto", "ray", "local"),
