@@ -67,8 +67,8 @@ def simple_mia(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_splits: 
     (members) against test rows, subsampled to equal size, over stratified shuffle splits.
 
     >>> rng = np.random.default_rng(0)
-    >>> round(simple_mia(rng.exponential(size=500), rng.exponential(size=500)), 1)
-    0.5
+    >>> abs(simple_mia(rng.exponential(size=2000), rng.exponential(size=2000)) - 0.5) < 0.05
+    True
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
