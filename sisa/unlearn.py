@@ -95,7 +95,7 @@ def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, 
     if sha256_file(path) != entry["sha256"]:
         raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
     names = pq.ParquetFile(path).schema_arrow.names
-    table = pq.read_table(path, columns=[c for c in ("id", "slice") if c in names])
+    table = pq.ParquetFile(path).read(columns=[c for c in ("id", "slice") if c in names])
     column = table.column("id")
     ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
         else column.to_numpy().astype(np.int64)

@@ -1,0 +1,274 @@
+"""Deletion speedup and accuracy over a grid of shards x slices, against theory.
+
+For each (S, R): train the SISA ensemble (test accuracy, training time); delete one random id
+at a time in a fresh copy of the workspace with `sisa delete` as a separate process (end to end,
+start-up included) and report the median over --ids ids, also as compute (the retrained slices'
+seconds); then serve K random requests one by one and as one batch through the API
+(sisa.unlearn.delete, no process start-up) for each K in --ks. The baseline is the monolithic
+model (S = 1, R = 1): one full retrain per request (one per batch). The theory column is
+sisa.cost.expected_speedup, from SISA's analysis; measured / theory shows the overheads.
+
+Writes benchmarks/results/grid-<name>.json, .md and .png, with the machine, command and date.
+
+    python benchmarks/grid.py --data digits                                  # the full grid
+    python benchmarks/grid.py --data fashion-mnist --model mlp --ks 1,4,16 --k-cells 8x4
+    python benchmarks/grid.py --data fashion-mnist --model cnn --cells 8x4,8x8,20x50 --ks 1,8 \\
+        --name fmnist-cnn-targets              # the targets at S = 8, and SISA's protocol (S 20, R 50, K 8)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def process_delete(trained: Path, scratch: Path, ident) -> dict:
+    """`sisa delete` of one id as its own process, in a fresh copy of the workspace."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    shutil.copytree(trained, scratch)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(scratch), "--ids", str(ident),
+                           "--executor", "local", "--json"], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"sisa delete failed:\n{done.stderr}")
+    result = json.loads(done.stdout)
+    return {"id": ident, "wall_seconds": wall, "command_seconds": result["seconds"],
+            "compute_seconds": retrained_seconds(scratch, result), "retrained": result["retrained"]}
+
+
+def retrained_seconds(workdir: Path, result: dict) -> float:
+    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
+    starts = {r["shard"]: r["from_slice"] for r in result["retrained"]}
+    return sum(r["seconds"] for r in manifest["checkpoints"]
+               if r["shard"] in starts and r["slice"] >= starts[r["shard"]])
+
+
+def api_deletes(trained: Path, scratch: Path, batches: list[list]) -> float:
+    """Serve ``batches`` of ids in order through the API; total seconds."""
+    from sisa.executors import make_executor
+    from sisa.store import Workspace
+    from sisa.unlearn import delete
+
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    shutil.copytree(trained, scratch)
+    executor = make_executor("local")
+    started = time.perf_counter()
+    for ids in batches:
+        delete(Workspace(scratch), ids, executor=executor)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--model", help="default: the dataset's")
+    parser.add_argument("--epochs", type=int, help="default: the dataset's")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--shards", type=ints, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--slices", type=ints, default=[1, 4, 8])
+    parser.add_argument("--cells", help="only these (S, R) cells instead of shards x slices, e.g. 8x4,20x50")
+    parser.add_argument("--ks", type=ints, default=[1, 4, 16, 64], help="request counts K for the K sweep")
+    parser.add_argument("--k-cells", help="run the K sweep only in these cells, e.g. 8x4,16x8 (default: all)")
+    parser.add_argument("--ids", type=int, default=5, help="single deletions (processes) per cell; 0 skips")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
+    args = parser.parse_args()
+
+    import torch
+    import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
+
+    from sisa.api import train_workspace
+    from sisa.cost import expected_speedup
+    from sisa.data import load
+    from sisa.executors import make_executor
+    from sisa.settings import Settings
+
+    dataset = load(args.data)
+    base = dict(dataset.defaults)
+    for key in ("model", "epochs", "lr"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    model = base.get("model", "mlp")
+    name = args.name or f"grid-{Path(args.data).name}-{model}"
+    k_cells = None if not args.k_cells else {tuple(map(int, c.split("x"))) for c in args.k_cells.split(",")}
+    grid = ([tuple(map(int, c.split("x"))) for c in args.cells.split(",")] if args.cells else
+            [(s, r) for s in args.shards for r in args.slices])
+    rng = np.random.default_rng(args.seed)
+    train_ids = dataset.train.ids
+    requests = [i.item() for i in rng.permutation(train_ids)[:max(args.ks + [args.ids])]]
+    executor = make_executor("local")
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # the baseline: one model, trained as `sisa train --shards 1 --slices 1` (a process)
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "sisa", "train", "--data", args.data, "--shards", "1",
+                               "--slices", "1", "--workdir", str(tmp / "mono"), "--executor", "local", "--json",
+                               *sum(([f"--{k}", str(base[k])] for k in ("model", "epochs", "lr") if k in base), [])],
+                              capture_output=True, text=True)
+        mono_wall = time.perf_counter() - started
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        mono = json.loads(done.stdout)
+        mono_compute = mono["train_seconds"]
+        print(f"monolithic: accuracy {mono['accuracy']:.4f}, {mono_compute:.1f} s training, "
+              f"{mono_wall:.1f} s as a process", flush=True)
+        for shards, slices in grid:
+            settings = Settings(**{**base, "shards": shards, "slices": slices, "seed": args.seed})
+            workdir = tmp / f"s{shards}-r{slices}"
+            try:
+                summary = train_workspace(workdir, dataset, settings, executor=executor)
+            except Exception as exc:  # e.g. more slices than rows in a shard
+                print(f"S={shards} R={slices}: skipped ({exc})", flush=True)
+                continue
+            cell = {"shards": shards, "slices": slices, "accuracy": summary["accuracy"],
+                    "train_seconds": summary["seconds"], "train_compute_seconds": summary["train_seconds"]}
+            n = summary["n_train"]
+            singles = [process_delete(workdir, tmp / "scratch", i) for i in requests[:args.ids]]
+            if singles:
+                wall = statistics.median(s["wall_seconds"] for s in singles)
+                compute = statistics.median(s["compute_seconds"] for s in singles)
+                theory = expected_speedup(settings, n, 1, batch=False)
+                cell["one_deletion"] = {
+                    "median_wall_seconds": wall, "median_compute_seconds": compute,
+                    "speedup_end_to_end": mono_wall / wall, "speedup_compute": mono_compute / compute,
+                    "theory_speedup": theory, "measured_over_theory_end_to_end": mono_wall / wall / theory,
+                    "measured_over_theory_compute": mono_compute / compute / theory, "runs": singles}
+            if k_cells is None or (shards, slices) in k_cells:
+                sweep = []
+                for k in args.ks:
+                    ids = requests[:k]
+                    one_by_one = api_deletes(workdir, tmp / "scratch", [[i] for i in ids])
+                    batch = api_deletes(workdir, tmp / "scratch", [ids])
+                    sweep.append({
+                        "k": k, "one_by_one_seconds": one_by_one, "batch_seconds": batch,
+                        "monolithic_one_by_one_seconds": k * mono_compute,
+                        "speedup_one_by_one": k * mono_compute / one_by_one,
+                        "speedup_batch": mono_compute / batch,
+                        "theory_one_by_one": expected_speedup(settings, n, k, batch=False),
+                        "theory_batch": expected_speedup(settings, n, k, batch=True)})
+                    sweep[-1]["measured_over_theory_one_by_one"] = (sweep[-1]["speedup_one_by_one"]
+                                                                  / sweep[-1]["theory_one_by_one"])
+                    sweep[-1]["measured_over_theory_batch"] = sweep[-1]["speedup_batch"] / sweep[-1]["theory_batch"]
+                cell["k_sweep"] = sweep
+            cells.append(cell)
+            shutil.rmtree(workdir)
+            line = f"S={shards:2d} R={slices:2d}: accuracy {cell['accuracy']:.4f}, training {cell['train_seconds']:.1f} s"
+            if "one_deletion" in cell:
+                d = cell["one_deletion"]
+                line += (f"; one deletion {d['median_wall_seconds']:.1f} s end to end ({d['speedup_end_to_end']:.1f}x), "
+                         f"{d['median_compute_seconds']:.2f} s compute ({d['speedup_compute']:.1f}x; "
+                         f"theory {d['theory_speedup']:.1f}x)")
+            for k in cell.get("k_sweep", []):
+                line += (f"\n    K={k['k']:3d}: one by one {k['one_by_one_seconds']:.1f} s "
+                         f"({k['speedup_one_by_one']:.1f}x, theory {k['theory_one_by_one']:.1f}x); "
+                         f"batch {k['batch_seconds']:.1f} s ({k['speedup_batch']:.1f}x, theory {k['theory_batch']:.1f}x)")
+            print(line, flush=True)
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "data": args.data, "settings": {**base, "seed": args.seed}, "n_train": int(len(train_ids)),
+        "monolithic": {"accuracy": mono["accuracy"], "train_seconds": mono_compute, "wall_seconds": mono_wall},
+        "cells": cells,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
+    plot(result, RESULTS / f"{name}.png")
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    mono = result["monolithic"]
+    lines = [f"{result['data']}, {result['settings'].get('model', 'mlp')}, {result['n_train']} training rows; "
+             f"monolithic: accuracy {mono['accuracy']:.4f}, {mono['train_seconds']:.1f} s training, "
+             f"{mono['wall_seconds']:.1f} s as a process. {result['machine']['cpus']} CPUs, "
+             f"torch {result['machine']['torch']}, {result['date']}; `{result['command']}`", "",
+             "| S | R | accuracy | training s | 1 deletion end to end s | speedup | compute s | speedup | theory | measured/theory (compute) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in result["cells"]:
+        d = c.get("one_deletion")
+        tail = (f"{d['median_wall_seconds']:.2f} | {d['speedup_end_to_end']:.1f}x | {d['median_compute_seconds']:.2f} | "
+                f"{d['speedup_compute']:.1f}x | {d['theory_speedup']:.1f}x | {d['measured_over_theory_compute']:.2f}"
+                if d else "- | - | - | - | - | -")
+        lines.append(f"| {c['shards']} | {c['slices']} | {c['accuracy']:.4f} | {c['train_seconds']:.1f} | {tail} |")
+    sweeps = [c for c in result["cells"] if c.get("k_sweep")]
+    if sweeps:
+        lines += ["", "| S | R | K | one by one s | K retrains s | speedup | theory | measured/theory | "
+                  "batch s | speedup | theory | measured/theory |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in sweeps:
+            for k in c["k_sweep"]:
+                lines.append(
+                    f"| {c['shards']} | {c['slices']} | {k['k']} | {k['one_by_one_seconds']:.1f} | "
+                    f"{k['monolithic_one_by_one_seconds']:.1f} | {k['speedup_one_by_one']:.1f}x | "
+                    f"{k['theory_one_by_one']:.1f}x | {k['measured_over_theory_one_by_one']:.2f} | "
+                    f"{k['batch_seconds']:.1f} | {k['speedup_batch']:.1f}x | {k['theory_batch']:.1f}x | "
+                    f"{k['measured_over_theory_batch']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    cells = result["cells"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for slices in sorted({c["slices"] for c in cells}):
+        row = [c for c in cells if c["slices"] == slices]
+        left.plot([c["shards"] for c in row], [c["accuracy"] for c in row], marker="o", label=f"R = {slices}")
+        timed = [c for c in row if c.get("one_deletion")]
+        if timed:
+            xs = [c["shards"] for c in timed]
+            line, = right.plot(xs, [c["one_deletion"]["speedup_compute"] for c in timed], marker="o",
+                               label=f"R = {slices}, compute")
+            right.plot(xs, [c["one_deletion"]["speedup_end_to_end"] for c in timed], marker="s", linestyle=":",
+                       color=line.get_color(), label=f"R = {slices}, end to end")
+            right.plot(xs, [c["one_deletion"]["theory_speedup"] for c in timed], linestyle="--",
+                       color=line.get_color(), alpha=0.5, label=f"R = {slices}, theory")
+    left.axhline(result["monolithic"]["accuracy"], color="black", linestyle="--", label="monolithic")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("shards S")
+    left.set_ylabel("ensemble test accuracy")
+    left.legend(fontsize=8)
+    right.set_yscale("log")
+    right.set_ylabel("one deletion: speedup over a monolithic retrain")
+    right.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{result['data']}, {result['settings'].get('model', 'mlp')}: what sharding costs and buys "
+                 f"({result['date'][:10]}, {result['machine']['cpus']} CPUs)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
