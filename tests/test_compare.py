@@ -112,3 +112,13 @@ def test_the_original_model_is_the_one_shard_workspace_model(tmp_path):
     saved = workspace.load_checkpoint(record)["model"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert np.array_equal(np.sort(order), np.arange(len(order)))
+
+
+def test_results_record_the_command_date_and_machine(tmp_path):
+    result = run_cli("compare", "--forget", "random:0.05", *SMALL, "--methods", "none", "--no-sisa",
+                     "--shadows", "0", "--out", str(tmp_path), "--json")
+    assert result.code == 0, result.err
+    report = result.json
+    assert report["command"].startswith("sisa compare --forget random:0.05 --epochs 4")
+    assert report["date"].startswith("20") and report["machine"]["cpus"] >= 1
+    assert [row["method"] for row in report["rows"]] == ["original", "retrained"]

@@ -32,6 +32,22 @@ def parse_method_settings(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_record(argv: list[str]) -> dict[str, Any]:
+    """When, where and how the results were made (every published figure states them)."""
+    import os
+    import platform
+    import shlex
+    from datetime import datetime, timezone
+
+    import torch
+
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "sisa " + shlex.join(argv),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
+
+
 class Compare:
     def __init__(self, sub: argparse._SubParsersAction) -> None:
         from sisa.compare import DEFAULT_METHODS
@@ -88,6 +104,7 @@ class Compare:
             raise SisaError(f"--out {out} is not a folder")
         result = compare(dataset, settings, args.forget, methods=methods, method_params=params,
                          sisa=not args.no_sisa, shadows=shadows, info=info)
+        result.update(run_record(args.argv))
         out.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^\w.-]+", "-", f"{Path(dataset.spec).name}-{args.forget}").strip("-")
         table = format_table(result)
