@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--k-cells", help="run the K sweep only in these cells, e.g. 8x4,16x8 (default: all)")
     parser.add_argument("--ids", type=int, default=5, help="single deletions (processes) per cell; 0 skips")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
     args = parser.parse_args()
 
@@ -194,10 +195,10 @@ def main() -> int:
         "monolithic": {"accuracy": mono["accuracy"], "train_seconds": mono_compute, "wall_seconds": mono_wall},
         "cells": cells,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
-    plot(result, RESULTS / f"{name}.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(result) + "\n")
+    plot(result, args.out / f"{name}.png")
     print(markdown(result))
     return 0
 

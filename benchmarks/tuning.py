@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--configs", required=True, help="';'-separated settings, e.g. 'epochs=5;epochs=10,lr=3e-3'")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name")
     args = parser.parse_args()
 
@@ -104,11 +105,11 @@ def main() -> int:
         "rows": rows,
     }
     name = args.name or f"tuning-{Path(args.data).name}-{model}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(result)
-    (RESULTS / f"{name}.md").write_text(table + "\n")
-    plot(result, RESULTS / f"{name}.png")
+    (args.out / f"{name}.md").write_text(table + "\n")
+    plot(result, args.out / f"{name}.png")
     print(table)
     return 0
 

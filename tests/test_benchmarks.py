@@ -1,0 +1,36 @@
+"""Smoke runs of the benchmark scripts on tiny settings (the real runs are not tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_grid_smoke(tmp_path):
+    run("grid.py", "--data", "digits", "--epochs", "3", "--cells", "1x1,4x2", "--ks", "1,4", "--ids", "1",
+        "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert [(c["shards"], c["slices"]) for c in result["cells"]] == [(1, 1), (4, 2)]
+    cell = result["cells"][1]
+    assert cell["one_deletion"]["median_wall_seconds"] > cell["one_deletion"]["median_compute_seconds"] > 0
+    assert [k["k"] for k in cell["k_sweep"]] == [1, 4]
+    assert cell["k_sweep"][0]["theory_one_by_one"] > 1
+    assert result["date"] and result["machine"]["cpus"] and "grid.py" in result["command"]
+    assert (tmp_path / "smoke.md").read_text().count("\n") > 4
+    assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuning_smoke(tmp_path):
+    run("tuning.py", "--data", "digits", "--shards", "2", "--slices", "2", "--configs", "epochs=3;epochs=3,lr=0.003",
+        "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert len(result["rows"]) == 2 and all(0 < r["sisa"]["accuracy"] <= 1 for r in result["rows"])
