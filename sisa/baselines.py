@@ -173,7 +173,7 @@ def l1_sparse(task: ForgetTask, *, share: float, lr: float, l1: float) -> None:
     finetune(task, share=share, lr=lr, l1=l1)
 
 
-@register("neggrad", "gradient ascent on the forget loss", share=0.2, lr=1e-3)
+@register("neggrad", "gradient ascent on the forget loss", share=0.2, lr=3e-4)
 def neggrad(task: ForgetTask, *, share: float, lr: float) -> None:
     """Gradient ascent on the forget set's cross-entropy (GA/NegGrad; Golatkar et al. 2020,
     Thudi et al. 2022). Unbounded: it needs a small lr and few passes (reference 1e-5..1e-3)."""

@@ -273,7 +273,7 @@ def _lira(rows: list[dict[str, Any]], settings: Settings, data: DataSpec, retain
     stats, inside = np.stack(stats), np.stack(inside)
     for row in rows:
         probas = row.get("_probas")
-        if probas is None:
+        if probas is None or row.get("diverged"):
             continue
         target = logit_confidence(np.concatenate([probas["forget"], probas["test"]]), labels)
         attack = lira(target, stats, inside, members)
@@ -294,6 +294,8 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
     for row in result["rows"]:
         cells.append([c[2].format(row[c[0]]) if row.get(c[0]) is not None and row[c[0]] == row[c[0]] else "-"
                       for c in columns])
+        if row.get("diverged"):
+            cells[-1][0] += " (diverged)"
     if markdown:
         lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
@@ -313,7 +315,7 @@ def write_chart(result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [r for r in result["rows"] if r.get("speedup") and r.get("gap") is not None]
+    rows = [r for r in result["rows"] if r.get("speedup") and r.get("gap") is not None and np.isfinite(r["gap"])]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for row in rows:
         colour = "tab:red" if row["method"] == "sisa" else "tab:blue"
@@ -327,7 +329,8 @@ def write_chart(result: dict[str, Any], path: Path) -> bool:
     names = [r["method"] for r in result["rows"]]
     x = np.arange(len(names))
     for offset, key in ((-0.2, "FA"), (0.0, "TA"), (0.2, "MIA")):
-        right.bar(x + offset, [r.get(key) or 0 for r in result["rows"]], width=0.2, label=key)
+        right.bar(x + offset, [r[key] if r.get(key) is not None and np.isfinite(r[key]) else 0
+                               for r in result["rows"]], width=0.2, label=key)
     right.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     right.set_ylim(0, 1.15)
     right.legend(fontsize=8, loc="upper center", ncol=3)

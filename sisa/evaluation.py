@@ -102,7 +102,10 @@ def mia_efficacy(retain_conf: np.ndarray, test_conf: np.ndarray, forget_conf: np
 
 def scores(probas: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, seed: int = 0) -> dict[str, float]:
     """RA, FA, TA, UA, MIA accuracy and MIA-efficacy of one model, from its class
-    probabilities on the ``retain``, ``forget`` and ``test`` rows."""
+    probabilities on the ``retain``, ``forget`` and ``test`` rows. A model whose outputs are
+    not finite (its weights diverged, as gradient ascent can) gets ``diverged`` and NaNs."""
+    if not all(np.isfinite(p).all() for p in probas.values()):
+        return {**{k: float("nan") for k in ("RA", "FA", "TA", "UA", "MIA", "MIA_efficacy")}, "diverged": True}
     out = {
         "RA": accuracy(probas["retain"], labels["retain"]),
         "FA": accuracy(probas["forget"], labels["forget"]),

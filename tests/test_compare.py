@@ -122,3 +122,16 @@ def test_results_record_the_command_date_and_machine(tmp_path):
     assert report["command"].startswith("sisa compare --forget random:0.05 --epochs 4")
     assert report["date"].startswith("20") and report["machine"]["cpus"] >= 1
     assert [row["method"] for row in report["rows"]] == ["original", "retrained"]
+
+
+def test_a_diverged_method_is_reported_not_fatal(tmp_path):
+    result = run_cli("compare", "--forget", "random:0.1", *SMALL, "--methods", "neggrad,ft", "--no-sisa",
+                     "--shadows", "2", "--set", "neggrad.lr=1e6", "--set", "neggrad.share=2", "--out", str(tmp_path),
+                     "--json")
+    assert result.code == 0, result.err
+    rows = {row["method"]: row for row in result.json["rows"]}
+    assert rows["neggrad"]["diverged"] is True and rows["neggrad"]["FA"] is None and rows["neggrad"]["gap"] is None
+    assert rows["ft"]["FA"] is not None and "LiRA_auc" in rows["ft"]
+    text = run_cli("compare", "--forget", "random:0.1", *SMALL, "--methods", "neggrad", "--no-sisa",
+                   "--shadows", "0", "--set", "neggrad.lr=1e6", "--set", "neggrad.share=2", "--out", str(tmp_path))
+    assert "neggrad (diverged)" in text.out

@@ -48,6 +48,17 @@ def run_record(argv: list[str]) -> dict[str, Any]:
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
 
 
+def _finite(value: Any) -> Any:
+    """NaN (a diverged model's scores) becomes null, so the JSON stays standard."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 class Compare:
     def __init__(self, sub: argparse._SubParsersAction) -> None:
         from sisa.compare import DEFAULT_METHODS
@@ -104,6 +115,7 @@ class Compare:
             raise SisaError(f"--out {out} is not a folder")
         result = compare(dataset, settings, args.forget, methods=methods, method_params=params,
                          sisa=not args.no_sisa, shadows=shadows, info=info)
+        result = _finite(result)
         result.update(run_record(args.argv))
         out.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^\w.-]+", "-", f"{Path(dataset.spec).name}-{args.forget}").strip("-")
