@@ -94,7 +94,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only rewrite the .md and .png of an earlier results file")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        args.replot.with_suffix(".md").write_text(markdown(result) + "\n")
+        plot(result, args.replot.with_suffix(".png"))
+        return 0
 
     import torch
     import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
@@ -253,8 +260,8 @@ def plot(result: dict, path: Path) -> None:
                                label=f"R = {slices}, compute")
             right.plot(xs, [c["one_deletion"]["speedup_end_to_end"] for c in timed], marker="s", linestyle=":",
                        color=line.get_color(), label=f"R = {slices}, end to end")
-            right.plot(xs, [c["one_deletion"]["theory_speedup"] for c in timed], linestyle="--",
-                       color=line.get_color(), alpha=0.5, label=f"R = {slices}, theory")
+            right.plot(xs, [c["one_deletion"]["theory_speedup"] for c in timed], linestyle="--", marker="x",
+                       color=line.get_color(), alpha=0.6, label=f"R = {slices}, theory")
     left.axhline(result["monolithic"]["accuracy"], color="black", linestyle="--", label="monolithic")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
