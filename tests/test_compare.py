@@ -38,7 +38,8 @@ def test_compare_on_digits_prints_the_table_and_writes_results(tmp_path):
     assert report["rows"][-1]["gap_to_sisa_retrained"] == 0
     saved = json.loads((out / "digits-random-0.05.json").read_text())
     assert saved["rows"] == report["rows"]
-    assert (out / "digits-random-0.05.md").read_text().startswith("| method | RA | FA | TA |")
+    md = (out / "digits-random-0.05.md").read_text()
+    assert md.startswith("digits, forget random:0.05") and "\n| method | RA | FA | TA |" in md
     assert (out / "digits-random-0.05.png").read_bytes()[:4] == b"\x89PNG"
     for phase in ("original: trained", "retrained: trained", "ft:", "sisa delete: retrained", "LiRA shadow model 2/2"):
         assert phase in result.err

@@ -48,6 +48,22 @@ def run_record(argv: list[str]) -> dict[str, Any]:
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
 
 
+def markdown_header(result: dict[str, Any]) -> str:
+    """One line saying what was compared, where, when and with which command."""
+    machine = result["machine"]
+    settings = result["settings"]
+    exact = result.get("sisa_exactness")
+    line = (f"{result['data']}, forget {result['forget']} ({result['n_forget']} of {result['n_train']} training rows), "
+            f"{settings['model']}, {settings['epochs']} epochs; SISA {settings['shards']} shards x {settings['slices']} "
+            f"slices. {machine['cpus']} CPUs ({machine['cpu_capability']}), torch {machine['torch']}"
+            f"{', ' + machine['gpu'] if machine.get('gpu') else ''}; {result['date']}; `{result['command']}`.")
+    if exact is not None:
+        line += (f" After `sisa delete`, SISA's {exact['checkpoints']} checkpoints were "
+                 f"{'identical to' if exact['identical_checkpoints'] else 'DIFFERENT from'} SISA trained without "
+                 f"the forget rows.")
+    return line
+
+
 def _finite(value: Any) -> Any:
     """NaN (a diverged model's scores) becomes null, so the JSON stays standard."""
     if isinstance(value, float) and value != value:
@@ -121,7 +137,7 @@ class Compare:
         stem = re.sub(r"[^\w.-]+", "-", f"{Path(dataset.spec).name}-{args.forget}").strip("-")
         table = format_table(result)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
-        (out / f"{stem}.md").write_text(format_table(result, markdown=True) + "\n")
+        (out / f"{stem}.md").write_text(markdown_header(result) + "\n\n" + format_table(result, markdown=True) + "\n")
         chart = out / f"{stem}.png"
         if not write_chart(result, chart):
             info("matplotlib is not installed: no chart (pip install 'sisa[plots]')")
