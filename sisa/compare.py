@@ -50,9 +50,9 @@ def forget_mask(dataset: Dataset, spec: str, *, seed: int) -> np.ndarray:
             amount = float(value)
         except ValueError:
             raise SisaError(f"--forget random:F needs a share (0 < F < 1) or a count, got {value!r}") from None
-        count = int(round(amount * n)) if amount < 1 else int(amount)
-        if not amount > 0 or (amount >= 1 and amount != int(amount)):
+        if not (0 < amount < 1 or (1 <= amount < float("inf") and amount == int(amount))):
             raise SisaError(f"--forget random:F needs a share (0 < F < 1) or a whole count, got {value!r}")
+        count = int(round(amount * n)) if amount < 1 else int(amount)
         mask = np.zeros(n, dtype=bool)
         mask[np.random.default_rng(seed).choice(n, min(count, n), replace=False)] = True
     elif kind == "class":

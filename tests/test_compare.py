@@ -58,6 +58,9 @@ def test_compare_human_table(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (("--forget", "random:0"), "needs a share"),
     (("--forget", "random:abc"), "needs a share"),
+    (("--forget", "random:nan"), "needs a share"),
+    (("--forget", "random:inf"), "needs a share"),
+    (("--forget", "random:2.5"), "needs a share"),
     (("--forget", "class:42"), "no such class"),
     (("--forget", "everything"), "must be random:F, class:C or ids:PATH"),
     (("--forget", "ids:/no/such/file"), "no such file"),
