@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from _common import pyplot, run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -194,10 +193,7 @@ def main() -> int:
                          f"batch {k['batch_seconds']:.1f} s ({k['speedup_batch']:.1f}x, theory {k['theory_batch']:.1f}x)")
             print(line, flush=True)
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        **run_record(),
         "data": args.data, "settings": {**base, "seed": args.seed}, "n_train": int(len(train_ids)),
         "monolithic": {"accuracy": mono["accuracy"], "train_seconds": mono_compute, "wall_seconds": mono_wall},
         "cells": cells,
@@ -240,13 +236,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     cells = result["cells"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

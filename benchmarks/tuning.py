@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import pyplot, run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -97,10 +96,7 @@ def main() -> int:
             row["measured_speedup_vs_default_monolithic"] = (default_mono_seconds
                                                             / row["sisa"]["expected_delete_compute_seconds"])
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        **run_record(),
         "data": args.data, "model": model, "shards": args.shards, "slices": args.slices, "defaults": base,
         "rows": rows,
     }
@@ -137,12 +133,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for row in result["rows"]:
