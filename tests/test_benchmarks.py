@@ -30,7 +30,11 @@ def test_grid_smoke(tmp_path):
 
 
 def test_tuning_smoke(tmp_path):
-    run("tuning.py", "--data", "digits", "--shards", "2", "--slices", "2", "--configs", "epochs=3;epochs=3,lr=0.003",
+    run("tuning.py", "--data", "digits", "--shards", "2", "--slices", "2", "--configs", "epochs=3;epochs=3,lr=0.003,scheduler=cosine",
         "--out", str(tmp_path), "--name", "smoke")
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert len(result["rows"]) == 2 and all(0 < r["sisa"]["accuracy"] <= 1 for r in result["rows"])
+    assert result["rows"][1]["config"] == {"epochs": 3, "lr": 0.003, "scheduler": "cosine"}
+    by_aggregation = result["rows"][0]["sisa"]["accuracy_by_aggregation"]
+    assert by_aggregation["mean-proba"] == result["rows"][0]["sisa"]["accuracy"]
+    assert {"vote", "size-weighted"} <= set(by_aggregation)
