@@ -1,11 +1,30 @@
 """sisa: exact machine unlearning for PyTorch (Sharded, Isolated, Sliced, Aggregated training).
 
 >>> from sisa import SISAClassifier, Settings
+
+The names below load on first use, so that commands which never train (a ``sisa delete``
+forwarded to ``sisa serve``) start without importing torch.
 """
 
-from sisa.api import SISAClassifier, train_workspace
+from __future__ import annotations
+
+from typing import Any
+
 from sisa.errors import SisaError
-from sisa.settings import Settings
 
 __version__ = "0.1.0"
 __all__ = ["SISAClassifier", "Settings", "SisaError", "train_workspace", "__version__"]
+
+_LAZY = {"SISAClassifier": "sisa.api", "train_workspace": "sisa.api", "Settings": "sisa.settings"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sisa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from sisa.cli import compare, delete, evaluate, predict, status, train
+from sisa.cli import compare, delete, evaluate, predict, serve, status, train
 from sisa.errors import SisaError
 
 COMMANDS = (train.Train, delete.Delete, status.Status, evaluate.Eval, predict.Predict,
-            delete.Recover, delete.Audit, delete.Repair, compare.Compare)
+            delete.Recover, delete.Audit, delete.Repair, compare.Compare, serve.Serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if getattr(args, "no_serve", True) is False:
+        from sisa.serve import forward
+
+        # a warm `sisa serve` on this workspace runs the command without torch's start-up
+        status = forward(args.workdir, argv + ["--executor", args.executor])
+        if status is not None:
+            return status
     from sisa.lock import WAIT
 
     token = WAIT.set(not args.no_wait)

@@ -77,8 +77,6 @@ def _finite(value: Any) -> Any:
 
 class Compare:
     def __init__(self, sub: argparse._SubParsersAction) -> None:
-        from sisa.compare import DEFAULT_METHODS
-
         p = sub.add_parser(
             "compare", help="compare exact deletion with approximate unlearning methods",
             description="Train the original model on all rows, the model retrained without the "
@@ -90,8 +88,8 @@ class Compare:
         p.add_argument("--forget", default="random:0.1", metavar="SPEC",
                        help="random:F (a share, or a count, of the training rows; default random:0.1), "
                             "class:C (every row of class C) or ids:PATH (one id per line)")
-        p.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,M,...",
-                       help=f"approximate methods to run, or 'none' (default: {','.join(DEFAULT_METHODS)})")
+        p.add_argument("--methods", metavar="M,M,...",
+                       help="approximate methods to run, or 'none' (default: all of --list-methods)")
         p.add_argument("--set", action="append", default=[], metavar="METHOD.SETTING=VALUE",
                        help="change a method's setting, e.g. --set ft.lr=0.05 --set ssd.alpha=5 "
                             "(repeatable; 'sisa compare --list-methods' shows them)")
@@ -118,7 +116,14 @@ class Compare:
                 lines.append(f"{name:10s} {method.summary} ({settings})")
             emit(args, {name: METHODS.get(name).defaults for name in METHODS}, "\n".join(lines))
             return 0
-        methods = [] if args.methods.strip() == "none" else [m.strip() for m in args.methods.split(",") if m.strip()]
+        from sisa.compare import DEFAULT_METHODS
+
+        if args.methods is None:
+            methods = list(DEFAULT_METHODS)
+        elif args.methods.strip() == "none":
+            methods = []
+        else:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for name in methods:
             METHODS.get(name)
         params = parse_method_settings(args.set)

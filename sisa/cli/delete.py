@@ -68,6 +68,8 @@ class Delete:
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         p.add_argument("--ignore-missing", action="store_true",
                        help="skip ids that are not in the training data instead of failing")
+        p.add_argument("--no-serve", action="store_true",
+                       help="run in this process even when a `sisa serve` answers on the workspace")
         add_executor_args(p)
         add_common(p)
         p.set_defaults(func=self._cmd)

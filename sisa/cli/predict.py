@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from sisa.cli._common import add_common, recover_first, info
 from sisa.errors import SisaError
 
@@ -81,7 +79,7 @@ class Predict:
         return 0
 
 
-def _table(ids, labels, classes, proba: np.ndarray):
+def _table(ids, labels, classes, proba):
     import pyarrow as pa
 
     columns = {"id": pa.array(ids), "label": pa.array(labels)}

@@ -1,0 +1,285 @@
+"""``sisa serve``: one warm process per workspace, so that ``sisa delete`` skips torch's start-up.
+
+A ``sisa delete`` process spends about 3.5 s importing torch (and ``torch._dynamo``, which
+every torch optimizer imports on its first step) before it does any work; on small shards
+that is most of a deletion. ``sisa serve`` pays it once: it listens on a Unix socket inside
+the workspace (``<workdir>/serve.sock``, mode 0600, callers of another user refused), and a
+``sisa delete`` that finds the socket sends its command line there instead of running it.
+
+The server runs the forwarded command with the very code that runs it in process: the same
+lock, ledger, files, messages and exit status, one request at a time, every file read afresh
+(so commands run in process beside it stay safe). A request is acknowledged only when the
+command has returned; if the server dies first the client says so and exits 1, and the
+ledger completes the request on the next command, as after any crash.
+
+Protocol: one JSON line from the client, ``{"argv": [...], "cwd": "..."}``; the server
+answers with JSON lines ``{"stderr": "..."}`` while the command runs, then
+``{"exit": N, "stdout": "..."}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from sisa.errors import SisaError
+
+SOCKET_NAME = "serve.sock"
+FORWARDED = ("delete",)
+"""Commands a client forwards to a running server."""
+
+
+def socket_path(workdir: os.PathLike | str) -> Path:
+    return Path(workdir) / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _short_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` within AF_UNIX's ~107-byte limit: the path itself, or its
+    name relative to its folder while the process works in that folder."""
+    if len(os.fsencode(str(path))) < 100:
+        yield str(path)
+        return
+    previous = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        yield path.name
+    finally:
+        os.chdir(previous)
+
+
+def connect(workdir: os.PathLike | str, timeout: Optional[float] = None) -> Optional[socket.socket]:
+    """A connection to the server of ``workdir``, or None when none answers there."""
+    path = socket_path(workdir)
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        with _short_address(path) as address:
+            sock.connect(address)
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+# --- client -------------------------------------------------------------------------------
+
+def forward(workdir: os.PathLike | str, argv: list[str], *, stdout=None, stderr=None) -> Optional[int]:
+    """Run ``sisa argv`` on the server of ``workdir``, printing what it prints; returns its
+    exit status, or None when no server answers (the caller then runs the command itself)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    sock = connect(workdir, timeout=5.0)
+    if sock is None:
+        if socket_path(workdir).exists():
+            print(f"note: no sisa serve answers on {socket_path(workdir)}; running in this process",
+                  file=stderr, flush=True)
+        return None
+    with sock:
+        sock.sendall(json.dumps({"argv": argv, "cwd": os.getcwd()}).encode() + b"\n")
+        for line in sock.makefile("rb"):
+            message = json.loads(line)
+            if "stderr" in message:
+                stderr.write(message["stderr"])
+                stderr.flush()
+            if "exit" in message:
+                stdout.write(message.get("stdout", ""))
+                stdout.flush()
+                return int(message["exit"])
+    print(f"sisa {argv[0]}: error: the sisa serve process stopped before answering; the request "
+          f"is not acknowledged (if it was recorded, the next command on the workspace finishes it)",
+          file=stderr, flush=True)
+    return 1
+
+
+# --- server -------------------------------------------------------------------------------
+
+class _Stream(io.TextIOBase):
+    """stderr of a forwarded command: each write goes to the client as it happens (and to
+    the server's own stderr); a client that went away stops receiving, the command goes on."""
+
+    def __init__(self, conn: socket.socket, echo) -> None:
+        self.conn: Optional[socket.socket] = conn
+        self.echo = echo
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.echo.write(text)
+        if self.conn is not None and text:
+            try:
+                self.conn.sendall(json.dumps({"stderr": text}).encode() + b"\n")
+            except OSError:
+                self.conn = None
+        return len(text)
+
+    def flush(self) -> None:
+        self.echo.flush()
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class Server:
+    """Serves forwarded commands for the workspace at ``workdir`` until stopped."""
+
+    def __init__(self, workdir: os.PathLike | str, *, log: Callable[[str], None] = None) -> None:
+        from sisa.store import Workspace
+
+        self.root = Path(workdir).resolve()
+        Workspace(self.root).read_manifest()  # refuse a folder that holds no workspace
+        self.path = socket_path(self.root)
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._busy = False
+        self._stopping = False
+        self.sock: Optional[socket.socket] = None
+        self.served = 0
+
+    def warm(self) -> float:
+        """Import what a deletion needs, once; returns the seconds it took."""
+        started = time.perf_counter()
+        import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401  - what every optimizer's first step imports
+
+        import sisa.audit  # noqa: F401
+        import sisa.cli  # noqa: F401
+        import sisa.executors  # noqa: F401
+        import sisa.unlearn  # noqa: F401
+        return time.perf_counter() - started
+
+    def bind(self) -> None:
+        probe = connect(self.root, timeout=2.0)
+        if probe is not None:
+            probe.close()
+            raise SisaError(f"a sisa serve process already serves {self.root} (socket {self.path})")
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # left by a server that was killed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created with mode 0600: this user only
+        try:
+            with _short_address(self.path) as address:
+                sock.bind(address)
+        finally:
+            os.umask(old)
+        sock.listen(64)
+        self.sock = sock
+        self._inode = self.path.stat().st_ino
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_ino == self._inode:  # not a newer server's socket
+                    self.path.unlink()
+
+    def stop(self, *_) -> None:
+        """Stop after the request being served (at once when idle)."""
+        self._stopping = True
+        if not self._busy:
+            raise _Stop
+
+    def serve_forever(self) -> None:
+        assert self.sock is not None, "bind() first"
+        try:
+            while not self._stopping:
+                conn, _ = self.sock.accept()
+                with conn:
+                    self._busy = True
+                    try:
+                        self.handle(conn)
+                    finally:
+                        self._busy = False
+        except _Stop:
+            pass
+
+    def handle(self, conn: socket.socket) -> None:
+        def reply(**message) -> None:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(message).encode() + b"\n")
+
+        if peer_uid(conn) != os.getuid():
+            reply(exit=1, stderr=f"sisa serve: refused a request from another user (uid {peer_uid(conn)})\n")
+            return
+        try:
+            request = json.loads(conn.makefile("rb").readline())
+            argv, cwd = list(request["argv"]), str(request["cwd"])
+            if not argv or argv[0] not in FORWARDED or not all(isinstance(a, str) for a in argv):
+                raise ValueError(f"only {', '.join(FORWARDED)} is served")
+        except (ValueError, KeyError, TypeError) as exc:
+            reply(exit=2, stderr=f"sisa serve: bad request: {exc}\n")
+            return
+        started = time.perf_counter()
+        status, stdout = self.run(conn, argv, cwd)
+        reply(exit=status, stdout=stdout)
+        self.served += 1
+        self.log(f"sisa serve: {' '.join(argv)} -> exit {status} in {time.perf_counter() - started:.2f} s")
+
+    def run(self, conn: socket.socket, argv: list[str], cwd: str) -> tuple[int, str]:
+        """Run ``sisa argv`` as the client would have, from the client's folder."""
+        from sisa import cli
+
+        stdout = io.StringIO()
+        stderr = _Stream(conn, sys.stderr)
+        previous = os.getcwd()
+        try:
+            os.chdir(cwd)
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                args = cli.build_parser().parse_args(argv + ["--no-serve"])
+                if Path(args.workdir).resolve() != self.root:
+                    stderr.write(f"sisa serve: this server serves {self.root}, not {args.workdir}\n")
+                    return 1, ""
+                status = cli.main(argv + ["--no-serve"])
+        except SystemExit as exc:  # argparse refused the command line
+            status = exc.code if isinstance(exc.code, int) else 2
+        except FileNotFoundError as exc:
+            stderr.write(f"sisa serve: {exc}\n")
+            status = 1
+        except Exception as exc:  # a defect: report it, keep serving
+            import traceback
+
+            traceback.print_exc()
+            stderr.write(f"sisa {argv[0]}: internal error: {exc!r}\n")
+            status = 1
+        finally:
+            os.chdir(previous)
+        return status, stdout.getvalue()
+
+
+class _Stop(Exception):
+    pass
+
+
+def serve(workdir: os.PathLike | str, *, on_ready: Optional[Callable[[Server], None]] = None) -> int:
+    """Run a server for ``workdir`` until SIGINT or SIGTERM; returns the requests served."""
+    server = Server(workdir)
+    seconds = server.warm()
+    server.bind()
+    previous = {sig: signal.signal(sig, server.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.log(f"sisa serve: serving {server.root} on {server.path} (warmed up in {seconds:.1f} s); "
+                   f"sisa delete --workdir {server.root} now runs here")
+        if on_ready is not None:
+            on_ready(server)
+        server.serve_forever()
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return server.served
