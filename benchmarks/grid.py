@@ -55,6 +55,57 @@ def process_delete(trained: Path, scratch: Path, ident) -> dict:
             "compute_seconds": retrained_seconds(scratch, result), "retrained": result["retrained"]}
 
 
+def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
+    """`sisa delete` of one id at a time as its own (client) process, served by one warm
+    `sisa serve` of ``scratch``, whose shards and checkpoints are restored before each id."""
+    from sisa.serve import connect
+
+    def restore() -> None:
+        for part in ("shards", "checkpoints"):
+            if (scratch / part).exists():
+                shutil.rmtree(scratch / part)
+            shutil.copytree(trained / part, scratch / part)
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    restore()
+    server = subprocess.Popen([sys.executable, "-m", "sisa", "serve", "--workdir", str(scratch)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (sock := connect(scratch, timeout=1.0)) is None:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"sisa serve did not start: {server.stderr.read()}")
+            time.sleep(0.1)
+        sock.close()
+        runs = []
+        for ident in ids:
+            restore()
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(scratch), "--ids",
+                                   str(ident), "--executor", "local", "--json"], capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            if done.returncode:
+                raise SystemExit(f"sisa delete (served) failed:\n{done.stderr}")
+            result = json.loads(done.stdout)
+            runs.append({"id": ident, "wall_seconds": wall, "command_seconds": result["seconds"],
+                         "compute_seconds": retrained_seconds(scratch, result), "retrained": result["retrained"]})
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    shutil.rmtree(scratch)
+    return runs
+
+
+def one_deletion_summary(runs: list[dict], mono_wall: float, mono_compute: float, theory: float) -> dict:
+    wall = statistics.median(r["wall_seconds"] for r in runs)
+    compute = statistics.median(r["compute_seconds"] for r in runs)
+    return {"median_wall_seconds": wall, "median_compute_seconds": compute,
+            "median_overhead_seconds": statistics.median(r["wall_seconds"] - r["compute_seconds"] for r in runs),
+            "speedup_end_to_end": mono_wall / wall, "speedup_compute": mono_compute / compute,
+            "theory_speedup": theory, "measured_over_theory_end_to_end": mono_wall / wall / theory,
+            "measured_over_theory_compute": mono_compute / compute / theory, "runs": runs}
+
+
 def retrained_seconds(workdir: Path, result: dict) -> float:
     manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
     starts = {r["shard"]: r["from_slice"] for r in result["retrained"]}
@@ -90,6 +141,8 @@ def main() -> int:
     parser.add_argument("--ks", type=ints, default=[1, 4, 16, 64], help="request counts K for the K sweep")
     parser.add_argument("--k-cells", help="run the K sweep only in these cells, e.g. 8x4,16x8 (default: all)")
     parser.add_argument("--ids", type=int, default=5, help="single deletions (processes) per cell; 0 skips")
+    parser.add_argument("--serve", action="store_true",
+                        help="also time the single deletions served by a warm `sisa serve`")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
@@ -153,15 +206,12 @@ def main() -> int:
                     "train_seconds": summary["seconds"], "train_compute_seconds": summary["train_seconds"]}
             n = summary["n_train"]
             singles = [process_delete(workdir, tmp / "scratch", i) for i in requests[:args.ids]]
+            theory = expected_speedup(settings, n, 1, batch=False)
             if singles:
-                wall = statistics.median(s["wall_seconds"] for s in singles)
-                compute = statistics.median(s["compute_seconds"] for s in singles)
-                theory = expected_speedup(settings, n, 1, batch=False)
-                cell["one_deletion"] = {
-                    "median_wall_seconds": wall, "median_compute_seconds": compute,
-                    "speedup_end_to_end": mono_wall / wall, "speedup_compute": mono_compute / compute,
-                    "theory_speedup": theory, "measured_over_theory_end_to_end": mono_wall / wall / theory,
-                    "measured_over_theory_compute": mono_compute / compute / theory, "runs": singles}
+                cell["one_deletion"] = one_deletion_summary(singles, mono_wall, mono_compute, theory)
+            if singles and args.serve:
+                served = served_deletes(workdir, tmp / "served", requests[:args.ids])
+                cell["one_deletion_served"] = one_deletion_summary(served, mono_wall, mono_compute, theory)
             if k_cells is None or (shards, slices) in k_cells:
                 sweep = []
                 for k in args.ks:
@@ -186,7 +236,11 @@ def main() -> int:
                 d = cell["one_deletion"]
                 line += (f"; one deletion {d['median_wall_seconds']:.1f} s end to end ({d['speedup_end_to_end']:.1f}x), "
                          f"{d['median_compute_seconds']:.2f} s compute ({d['speedup_compute']:.1f}x; "
-                         f"theory {d['theory_speedup']:.1f}x)")
+                         f"theory {d['theory_speedup']:.1f}x); overhead {d['median_overhead_seconds']:.2f} s")
+            if "one_deletion_served" in cell:
+                d = cell["one_deletion_served"]
+                line += (f"\n    served by sisa serve: {d['median_wall_seconds']:.2f} s end to end "
+                         f"({d['speedup_end_to_end']:.1f}x), overhead {d['median_overhead_seconds']:.2f} s")
             for k in cell.get("k_sweep", []):
                 line += (f"\n    K={k['k']:3d}: one by one {k['one_by_one_seconds']:.1f} s "
                          f"({k['speedup_one_by_one']:.1f}x, theory {k['theory_one_by_one']:.1f}x); "
@@ -220,6 +274,18 @@ def markdown(result: dict) -> str:
                 f"{d['speedup_compute']:.1f}x | {d['theory_speedup']:.1f}x | {d['measured_over_theory_compute']:.2f}"
                 if d else "- | - | - | - | - | -")
         lines.append(f"| {c['shards']} | {c['slices']} | {c['accuracy']:.4f} | {c['train_seconds']:.1f} | {tail} |")
+    served = [c for c in result["cells"] if c.get("one_deletion_served")]
+    if served:
+        lines += ["", "One deletion as a `sisa delete` process: on its own, and served by a warm `sisa serve` "
+                  "(overhead = end to end minus the retrained slices' seconds; medians).", "",
+                  "| S | R | own process s | overhead s | speedup | served s | overhead s | speedup | theory |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in served:
+            d, v = c["one_deletion"], c["one_deletion_served"]
+            lines.append(f"| {c['shards']} | {c['slices']} | {d['median_wall_seconds']:.2f} | "
+                         f"{d['median_overhead_seconds']:.2f} | {d['speedup_end_to_end']:.1f}x | "
+                         f"{v['median_wall_seconds']:.2f} | {v['median_overhead_seconds']:.2f} | "
+                         f"{v['speedup_end_to_end']:.1f}x | {v['theory_speedup']:.1f}x |")
     sweeps = [c for c in result["cells"] if c.get("k_sweep")]
     if sweeps:
         lines += ["", "| S | R | K | one by one s | K retrains s | speedup | theory | measured/theory | "

@@ -17,11 +17,15 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_grid_smoke(tmp_path):
     run("grid.py", "--data", "digits", "--epochs", "3", "--cells", "1x1,4x2", "--ks", "1,4", "--ids", "1",
-        "--out", str(tmp_path), "--name", "smoke")
+        "--serve", "--out", str(tmp_path), "--name", "smoke")
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert [(c["shards"], c["slices"]) for c in result["cells"]] == [(1, 1), (4, 2)]
     cell = result["cells"][1]
     assert cell["one_deletion"]["median_wall_seconds"] > cell["one_deletion"]["median_compute_seconds"] > 0
+    served = cell["one_deletion_served"]
+    assert served["runs"][0]["id"] == cell["one_deletion"]["runs"][0]["id"]
+    assert served["runs"][0]["retrained"] == cell["one_deletion"]["runs"][0]["retrained"]
+    assert 0 < served["median_overhead_seconds"] < served["median_wall_seconds"]
     assert [k["k"] for k in cell["k_sweep"]] == [1, 4]
     assert cell["k_sweep"][0]["theory_one_by_one"] > 1
     assert result["date"] and result["machine"]["cpus"] and "grid.py" in result["command"]
