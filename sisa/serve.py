@@ -36,6 +36,8 @@ from sisa.errors import SisaError
 SOCKET_NAME = "serve.sock"
 FORWARDED = ("delete",)
 """Commands a client forwards to a running server."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a server waits for a connected client's request line."""
 
 
 def socket_path(workdir: os.PathLike | str) -> Path:
@@ -89,15 +91,20 @@ def forward(workdir: os.PathLike | str, argv: list[str], *, stdout=None, stderr=
         return None
     with sock:
         sock.sendall(json.dumps({"argv": argv, "cwd": os.getcwd()}).encode() + b"\n")
-        for line in sock.makefile("rb"):
-            message = json.loads(line)
-            if "stderr" in message:
-                stderr.write(message["stderr"])
-                stderr.flush()
-            if "exit" in message:
-                stdout.write(message.get("stdout", ""))
-                stdout.flush()
-                return int(message["exit"])
+        try:
+            for line in sock.makefile("rb"):
+                message = json.loads(line)
+                if "stderr" in message:
+                    stderr.write(message["stderr"])
+                    stderr.flush()
+                if "exit" in message:
+                    stdout.write(message.get("stdout", ""))
+                    stdout.flush()
+                    return int(message["exit"])
+        except KeyboardInterrupt:
+            print(f"sisa {argv[0]}: interrupted; the sisa serve process finishes the request "
+                  f"(sisa status shows the deletions)", file=stderr, flush=True)
+            return 130
     print(f"sisa {argv[0]}: error: the sisa serve process stopped before answering; the request "
           f"is not acknowledged (if it was recorded, the next command on the workspace finishes it)",
           file=stderr, flush=True)
@@ -218,11 +225,13 @@ class Server:
             reply(exit=1, stderr=f"sisa serve: refused a request from another user (uid {peer_uid(conn)})\n")
             return
         try:
+            conn.settimeout(REQUEST_TIMEOUT)  # a client that connects and says nothing blocks no one
             request = json.loads(conn.makefile("rb").readline())
+            conn.settimeout(None)
             argv, cwd = list(request["argv"]), str(request["cwd"])
             if not argv or argv[0] not in FORWARDED or not all(isinstance(a, str) for a in argv):
                 raise ValueError(f"only {', '.join(FORWARDED)} is served")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OSError) as exc:
             reply(exit=2, stderr=f"sisa serve: bad request: {exc}\n")
             return
         started = time.perf_counter()

@@ -172,7 +172,13 @@ def test_only_delete_is_served_and_bad_requests_are_refused(workspace):
                 sock.sendall(payload)
                 return json.loads(sock.makefile("rb").readlines()[-1])
 
-        assert ask(json.dumps({"argv": ["train", "--force"], "cwd": "/"}).encode() + b"\n")["exit"] == 2
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.connect(str(ws / "serve.sock"))  # connects and says nothing: dropped after a while
+        with silent:
+            started = time.monotonic()
+            assert ask(json.dumps({"argv": ["train", "--force"], "cwd": "/"}).encode() + b"\n")["exit"] == 2
+            assert time.monotonic() - started < 30
+            assert json.loads(silent.makefile("rb").readline())["exit"] == 2
         assert ask(b"not json\n")["exit"] == 2
         other = ask(json.dumps({"argv": ["delete", "--workdir", str(tmp_path), "--ids", "1"],
                                 "cwd": "/"}).encode() + b"\n")
