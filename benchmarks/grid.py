@@ -96,11 +96,28 @@ def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
     return runs
 
 
-def one_deletion_summary(runs: list[dict], mono_wall: float, mono_compute: float, theory: float) -> dict:
-    wall = statistics.median(r["wall_seconds"] for r in runs)
-    compute = statistics.median(r["compute_seconds"] for r in runs)
-    return {"median_wall_seconds": wall, "median_compute_seconds": compute,
-            "median_overhead_seconds": statistics.median(r["wall_seconds"] - r["compute_seconds"] for r in runs),
+def stratified_ids(workdir: Path, seed: int, shard: int = 0) -> list:
+    """One random id from each slice of ``shard``: deleting each in turn, from the same
+    trained state, and averaging, measures the *expected* cost of one uniform deletion (the
+    quantity theory predicts), which a median of a few random ids only estimates roughly."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((workdir / "shards" / "manifest.json").read_text())
+    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
+    table = pq.read_table(workdir / "shards" / entry["file"], columns=["id", "slice"])
+    ids, slices = table.column("id").to_pylist(), np.asarray(table.column("slice"))
+    rng = np.random.default_rng(seed)
+    return [ids[rng.choice(np.flatnonzero(slices == r))] for r in range(int(slices.max()) + 1)]
+
+
+def one_deletion_summary(runs: list[dict], mono_wall: float, mono_compute: float, theory: float,
+                         stat: str = "median") -> dict:
+    """Speedups of the ``stat`` (median or mean) deletion of ``runs`` over the baselines."""
+    of = {"median": statistics.median, "mean": statistics.fmean}[stat]
+    wall = of([r["wall_seconds"] for r in runs])
+    compute = of([r["compute_seconds"] for r in runs])
+    return {f"{stat}_wall_seconds": wall, f"{stat}_compute_seconds": compute,
+            f"{stat}_overhead_seconds": of([r["wall_seconds"] - r["compute_seconds"] for r in runs]),
             "speedup_end_to_end": mono_wall / wall, "speedup_compute": mono_compute / compute,
             "theory_speedup": theory, "measured_over_theory_end_to_end": mono_wall / wall / theory,
             "measured_over_theory_compute": mono_compute / compute / theory, "runs": runs}
@@ -143,6 +160,9 @@ def main() -> int:
     parser.add_argument("--ids", type=int, default=5, help="single deletions (processes) per cell; 0 skips")
     parser.add_argument("--serve", action="store_true",
                         help="also time the single deletions served by a warm `sisa serve`")
+    parser.add_argument("--stratified", action="store_true",
+                        help="also measure the expected cost of one deletion: one id from each slice "
+                             "of shard 0, each deleted from the trained state, averaged")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
@@ -214,6 +234,15 @@ def main() -> int:
                 # against the monolithic model's training seconds alone: a served deletion skips
                 # start-up, so the baseline does too (the conservative comparison)
                 cell["one_deletion_served"] = one_deletion_summary(served, mono_compute, mono_compute, theory)
+            if args.stratified:
+                chosen = stratified_ids(workdir, args.seed)
+                runs = [process_delete(workdir, tmp / "scratch", i) for i in chosen]
+                cell["expected_deletion"] = one_deletion_summary(runs, mono_wall, mono_compute, theory,
+                                                                 stat="mean")
+                if args.serve:
+                    runs = served_deletes(workdir, tmp / "served", chosen)
+                    cell["expected_deletion_served"] = one_deletion_summary(runs, mono_compute, mono_compute,
+                                                                            theory, stat="mean")
             if k_cells is None or (shards, slices) in k_cells:
                 sweep = []
                 for k in args.ks:
@@ -239,6 +268,13 @@ def main() -> int:
                 line += (f"; one deletion {d['median_wall_seconds']:.1f} s end to end ({d['speedup_end_to_end']:.1f}x), "
                          f"{d['median_compute_seconds']:.2f} s compute ({d['speedup_compute']:.1f}x; "
                          f"theory {d['theory_speedup']:.1f}x); overhead {d['median_overhead_seconds']:.2f} s")
+            for key, label in (("expected_deletion", "expected (one id per slice, mean)"),
+                               ("expected_deletion_served", "expected, served")):
+                if key in cell:
+                    d = cell[key]
+                    line += (f"\n    {label}: {d['mean_wall_seconds']:.2f} s end to end ({d['speedup_end_to_end']:.1f}x), "
+                             f"{d['mean_compute_seconds']:.2f} s compute ({d['speedup_compute']:.1f}x; theory "
+                             f"{d['theory_speedup']:.1f}x), overhead {d['mean_overhead_seconds']:.2f} s")
             if "one_deletion_served" in cell:
                 d = cell["one_deletion_served"]
                 line += (f"\n    served by sisa serve: {d['median_wall_seconds']:.2f} s end to end "
@@ -290,6 +326,23 @@ def markdown(result: dict) -> str:
                          f"{d['median_overhead_seconds']:.2f} | {d['speedup_end_to_end']:.1f}x | "
                          f"{v['median_wall_seconds']:.2f} | {v['median_overhead_seconds']:.2f} | "
                          f"{v['speedup_end_to_end']:.1f}x | {v['theory_speedup']:.1f}x |")
+    expected = [c for c in result["cells"] if c.get("expected_deletion")]
+    if expected:
+        lines += ["", "Expected cost of one deletion: one id from each slice of shard 0, each deleted from the "
+                  "trained state, mean over the R deletions (what theory predicts). Own process: against the "
+                  "monolithic `sisa train` process; served and compute: against the monolithic training "
+                  "seconds.", "",
+                  "| S | R | own process s | speedup | served s | speedup | compute s | speedup | theory | "
+                  "measured / theory (own process, served, compute) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in expected:
+            d, v = c["expected_deletion"], c.get("expected_deletion_served")
+            served_cells = (f"{v['mean_wall_seconds']:.2f} | {v['speedup_end_to_end']:.1f}x" if v else "- | -")
+            ratios = [d["measured_over_theory_end_to_end"], v["measured_over_theory_end_to_end"] if v else None,
+                      d["measured_over_theory_compute"]]
+            lines.append(f"| {c['shards']} | {c['slices']} | {d['mean_wall_seconds']:.2f} | "
+                         f"{d['speedup_end_to_end']:.1f}x | {served_cells} | {d['mean_compute_seconds']:.2f} | "
+                         f"{d['speedup_compute']:.1f}x | {d['theory_speedup']:.1f}x | "
+                         f"{', '.join('-' if r is None else f'{r:.2f}' for r in ratios)} |")
     sweeps = [c for c in result["cells"] if c.get("k_sweep")]
     if sweeps:
         lines += ["", "| S | R | K | one by one s | K retrains s | speedup | theory | measured/theory | "

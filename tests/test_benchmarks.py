@@ -17,7 +17,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_grid_smoke(tmp_path):
     run("grid.py", "--data", "digits", "--epochs", "3", "--cells", "1x1,4x2", "--ks", "1,4", "--ids", "1",
-        "--serve", "--out", str(tmp_path), "--name", "smoke")
+        "--serve", "--stratified", "--out", str(tmp_path), "--name", "smoke")
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert [(c["shards"], c["slices"]) for c in result["cells"]] == [(1, 1), (4, 2)]
     cell = result["cells"][1]
@@ -26,6 +26,11 @@ def test_grid_smoke(tmp_path):
     assert served["runs"][0]["id"] == cell["one_deletion"]["runs"][0]["id"]
     assert served["runs"][0]["retrained"] == cell["one_deletion"]["runs"][0]["retrained"]
     assert 0 < served["median_overhead_seconds"] < served["median_wall_seconds"]
+    expected = cell["expected_deletion"]
+    assert [r["retrained"][0]["from_slice"] for r in expected["runs"]] == [0, 1]  # one id per slice
+    assert all(r["retrained"][0]["shard"] == 0 for r in expected["runs"])
+    assert [r["id"] for r in cell["expected_deletion_served"]["runs"]] == [r["id"] for r in expected["runs"]]
+    assert expected["mean_compute_seconds"] > 0 and expected["theory_speedup"] > 1
     assert [k["k"] for k in cell["k_sweep"]] == [1, 4]
     assert cell["k_sweep"][0]["theory_one_by_one"] > 1
     assert result["date"] and result["machine"]["cpus"] and "grid.py" in result["command"]
