@@ -127,7 +127,7 @@ def test_fashion_mnist_from_flat_gz_files(tmp_path):
     assert ds.shape == (1, 28, 28) and len(ds.train) == 30 and len(ds.test) == 12
     assert ds.train.X.dtype == np.uint8 and ds.train.ids.tolist() == list(range(30))
     assert ds.train.y.tolist() == [i % 10 for i in range(30)]
-    assert ds.defaults["model"] == "cnn"
+    assert ds.defaults == {"model": "cnn", "epochs": 5, "batch_size": 64, "lr": 3e-3}
 
 
 def test_mnist_from_torchvision_layout(tmp_path):
