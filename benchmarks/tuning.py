@@ -71,10 +71,19 @@ def main() -> int:
     parser.add_argument("--model")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--slices", type=int, default=4)
-    parser.add_argument("--configs", required=True, help="';'-separated settings, e.g. 'epochs=5;epochs=10,lr=3e-3'")
+    parser.add_argument("--configs", help="';'-separated settings, e.g. 'epochs=5;epochs=10,lr=3e-3'")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     parser.add_argument("--name")
+    parser.add_argument("--replot", type=Path, metavar="JSON",
+                        help="only rewrite the .md and .png of an earlier results file")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        args.replot.with_suffix(".md").write_text(markdown(result) + "\n")
+        plot(result, args.replot.with_suffix(".png"))
+        return 0
+    if args.configs is None:
+        parser.error("--configs is required (or --replot JSON)")
 
     import torch
     import torch._dynamo  # noqa: F401  - keep the optimizers' one-time import out of the timings
@@ -146,6 +155,14 @@ def _shard_passes(settings, n: int) -> float:
     return sum((r + 1) * rows * epochs[r] for r in range(settings.slices))
 
 
+def _defaults_label(result: dict) -> str:
+    """The settings the empty configuration ran with, as they were when the run was made."""
+    from sisa.settings import Settings
+
+    base = {"lr": Settings().lr, **result["defaults"]}
+    return "defaults (" + ", ".join(f"{k} {v}" for k, v in base.items()) + ")"
+
+
 def markdown(result: dict) -> str:
     lines = [f"{result['data']}, {result['model']}, S = {result['shards']}, R = {result['slices']}; "
              f"{result['machine']['cpus']} CPUs, torch {result['machine']['torch']}, {result['date']}; "
@@ -153,7 +170,7 @@ def markdown(result: dict) -> str:
              "| settings | monolithic accuracy | SISA accuracy | gap (points) | one deletion vs default monolithic: theory | measured (from training compute) | SISA accuracy by aggregation |",
              "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        config = ", ".join(f"{k} {v}" for k, v in row["config"].items()) or "defaults"
+        config = ", ".join(f"{k} {v}" for k, v in row["config"].items()) or _defaults_label(result)
         measured = row.get("measured_speedup_vs_default_monolithic")
         lines.append(f"| {config} | {row['monolithic']['accuracy']:.4f} | {row['sisa']['accuracy']:.4f} | "
                      f"{row['gap_points']:.2f} | {row['theory_speedup_vs_default_monolithic']:.1f}x | "
@@ -169,7 +186,7 @@ def plot(result: dict, path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for row in result["rows"]:
-        label = ", ".join(f"{k} {v}" for k, v in row["config"].items()) or "defaults"
+        label = ", ".join(f"{k} {v}" for k, v in row["config"].items()) or "defaults"  # short, on the plot
         ax.scatter(row["theory_speedup_vs_default_monolithic"], row["sisa"]["accuracy"], color="tab:blue")
         ax.annotate(label, (row["theory_speedup_vs_default_monolithic"], row["sisa"]["accuracy"]),
                     textcoords="offset points", xytext=(4, 3), fontsize=7)
