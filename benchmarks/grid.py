@@ -367,14 +367,20 @@ def plot(result: dict, path: Path) -> None:
     for slices in sorted({c["slices"] for c in cells}):
         row = [c for c in cells if c["slices"] == slices]
         left.plot([c["shards"] for c in row], [c["accuracy"] for c in row], marker="o", label=f"R = {slices}")
-        timed = [c for c in row if c.get("one_deletion")]
+        # the median random deletion, or else the expected one (--stratified)
+        key = "one_deletion" if any(c.get("one_deletion") for c in row) else "expected_deletion"
+        timed = [c for c in row if c.get(key)]
         if timed:
             xs = [c["shards"] for c in timed]
-            line, = right.plot(xs, [c["one_deletion"]["speedup_compute"] for c in timed], marker="o",
+            line, = right.plot(xs, [c[key]["speedup_compute"] for c in timed], marker="o",
                                label=f"R = {slices}, compute")
-            right.plot(xs, [c["one_deletion"]["speedup_end_to_end"] for c in timed], marker="s", linestyle=":",
+            right.plot(xs, [c[key]["speedup_end_to_end"] for c in timed], marker="s", linestyle=":",
                        color=line.get_color(), label=f"R = {slices}, end to end")
-            right.plot(xs, [c["one_deletion"]["theory_speedup"] for c in timed], linestyle="--", marker="x",
+            served = [c for c in timed if c.get(f"{key}_served")]
+            if served:
+                right.plot([c["shards"] for c in served], [c[f"{key}_served"]["speedup_end_to_end"] for c in served],
+                           marker="^", linestyle="-.", color=line.get_color(), label=f"R = {slices}, served")
+            right.plot(xs, [c[key]["theory_speedup"] for c in timed], linestyle="--", marker="x",
                        color=line.get_color(), alpha=0.6, label=f"R = {slices}, theory")
     left.axhline(result["monolithic"]["accuracy"], color="black", linestyle="--", label="monolithic")
     for ax in (left, right):
