@@ -90,8 +90,8 @@ def forward(workdir: os.PathLike | str, argv: list[str], *, stdout=None, stderr=
                   file=stderr, flush=True)
         return None
     with sock:
-        sock.sendall(json.dumps({"argv": argv, "cwd": os.getcwd()}).encode() + b"\n")
         try:
+            sock.sendall(json.dumps({"argv": argv, "cwd": os.getcwd()}).encode() + b"\n")
             for line in sock.makefile("rb"):
                 message = json.loads(line)
                 if "stderr" in message:
@@ -105,6 +105,8 @@ def forward(workdir: os.PathLike | str, argv: list[str], *, stdout=None, stderr=
             print(f"sisa {argv[0]}: interrupted; the sisa serve process finishes the request "
                   f"(sisa status shows the deletions)", file=stderr, flush=True)
             return 130
+        except (OSError, ValueError):  # the connection broke, or a reply was cut short
+            pass
     print(f"sisa {argv[0]}: error: the sisa serve process stopped before answering; the request "
           f"is not acknowledged (if it was recorded, the next command on the workspace finishes it)",
           file=stderr, flush=True)
