@@ -370,10 +370,10 @@ def _read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_la
         if kind == "csv":
             # Ids are read as text and become integers only when every one is written as a
             # plain integer, so "007" stays "007" and CSV and Parquet ids partition alike.
-            arrow = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                column_types={options.id_col: pa.string()}))
+            arrow = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False),
+                                  convert_options=pcsv.ConvertOptions(column_types={options.id_col: pa.string()}))
         else:
-            arrow = pq.read_table(path)
+            arrow = pq.read_table(path, use_threads=False)  # see sisa.store.ARROW_THREADS
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
     columns = arrow.schema.names

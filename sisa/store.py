@@ -30,6 +30,12 @@ import numpy as np
 from sisa.data import id_bytes
 from sisa.errors import SisaError
 
+ARROW_THREADS = False
+"""Parquet and CSV are read without Arrow's thread pool. Its workers can still be alive when
+the interpreter exits, and Arrow then aborts the finished process ("terminate called without
+an active exception", exit -6; seen once here in a `sisa train` subprocess, and reported for
+pyarrow upstream). sisa's files are small, so the threads bought little."""
+
 WORKSPACE_FORMAT = "sisa-workspace/1"
 CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
 
@@ -134,7 +140,8 @@ def id_order(ids: np.ndarray) -> np.ndarray:
 def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRows:
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(io.BytesIO(data)).read()  # read_table would import pyarrow.dataset (0.1-0.2 s)
+    # read_table would import pyarrow.dataset (0.1-0.2 s)
+    table = pq.ParquetFile(io.BytesIO(data)).read(use_threads=ARROW_THREADS)
     id_col = table.column("id")
     ids = np.asarray(id_col.to_pylist(), dtype=object) if id_col.type == "string" \
         else id_col.to_numpy().astype(np.int64)

@@ -27,7 +27,7 @@ from sisa.ledger import Ledger
 from sisa.lock import workspace_lock
 from sisa.partition import assign
 from sisa.settings import Settings
-from sisa.store import ShardRows, Workspace, ids_digest, rows_to_parquet
+from sisa.store import ARROW_THREADS, ShardRows, Workspace, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
 _INT = re.compile(r"[+-]?[0-9]+")
@@ -95,7 +95,8 @@ def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, 
     if sha256_file(path) != entry["sha256"]:
         raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
     names = pq.ParquetFile(path).schema_arrow.names
-    table = pq.ParquetFile(path).read(columns=[c for c in ("id", "slice") if c in names])
+    table = pq.ParquetFile(path).read(columns=[c for c in ("id", "slice") if c in names],
+                                      use_threads=ARROW_THREADS)
     column = table.column("id")
     ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
         else column.to_numpy().astype(np.int64)
