@@ -44,15 +44,21 @@ def process_delete(trained: Path, scratch: Path, ident) -> dict:
     if scratch.exists():
         shutil.rmtree(scratch)
     shutil.copytree(trained, scratch)
+    return timed_delete(scratch, ident)
+
+
+def timed_delete(workdir: Path, ident) -> dict:
+    """`sisa delete --ids ident` as a process (answered by a `sisa serve` of ``workdir`` when
+    one runs): wall seconds, the command's own seconds and the retrained slices' seconds."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(scratch), "--ids", str(ident),
+    done = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(workdir), "--ids", str(ident),
                            "--executor", "local", "--json"], capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"sisa delete failed:\n{done.stderr}")
     result = json.loads(done.stdout)
     return {"id": ident, "wall_seconds": wall, "command_seconds": result["seconds"],
-            "compute_seconds": retrained_seconds(scratch, result), "retrained": result["retrained"]}
+            "compute_seconds": retrained_seconds(workdir, result), "retrained": result["retrained"]}
 
 
 def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
@@ -80,15 +86,7 @@ def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
         runs = []
         for ident in ids:
             restore()
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(scratch), "--ids",
-                                   str(ident), "--executor", "local", "--json"], capture_output=True, text=True)
-            wall = time.perf_counter() - started
-            if done.returncode:
-                raise SystemExit(f"sisa delete (served) failed:\n{done.stderr}")
-            result = json.loads(done.stdout)
-            runs.append({"id": ident, "wall_seconds": wall, "command_seconds": result["seconds"],
-                         "compute_seconds": retrained_seconds(scratch, result), "retrained": result["retrained"]})
+            runs.append(timed_delete(scratch, ident))
     finally:
         server.terminate()
         server.wait(timeout=120)

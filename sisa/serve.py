@@ -29,7 +29,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from sisa.errors import SisaError
 
@@ -78,11 +78,10 @@ def connect(workdir: os.PathLike | str, timeout: Optional[float] = None) -> Opti
 
 # --- client -------------------------------------------------------------------------------
 
-def forward(workdir: os.PathLike | str, argv: list[str], *, stdout=None, stderr=None) -> Optional[int]:
+def forward(workdir: os.PathLike | str, argv: list[str]) -> Optional[int]:
     """Run ``sisa argv`` on the server of ``workdir``, printing what it prints; returns its
     exit status, or None when no server answers (the caller then runs the command itself)."""
-    stdout = stdout or sys.stdout
-    stderr = stderr or sys.stderr
+    stdout, stderr = sys.stdout, sys.stderr
     sock = connect(workdir, timeout=5.0)
     if sock is None:
         if socket_path(workdir).exists():
@@ -148,13 +147,12 @@ def peer_uid(conn: socket.socket) -> int:
 class Server:
     """Serves forwarded commands for the workspace at ``workdir`` until stopped."""
 
-    def __init__(self, workdir: os.PathLike | str, *, log: Callable[[str], None] = None) -> None:
+    def __init__(self, workdir: os.PathLike | str) -> None:
         from sisa.store import Workspace
 
         self.root = Path(workdir).resolve()
         Workspace(self.root).read_manifest()  # refuse a folder that holds no workspace
         self.path = socket_path(self.root)
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._busy = False
         self._stopping = False
         self.sock: Optional[socket.socket] = None
@@ -223,8 +221,9 @@ class Server:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(message).encode() + b"\n")
 
-        if peer_uid(conn) != os.getuid():
-            reply(exit=1, stderr=f"sisa serve: refused a request from another user (uid {peer_uid(conn)})\n")
+        uid = peer_uid(conn)
+        if uid != os.getuid():
+            reply(exit=1, stderr=f"sisa serve: refused a request from another user (uid {uid})\n")
             return
         try:
             conn.settimeout(REQUEST_TIMEOUT)  # a client that connects and says nothing blocks no one
@@ -240,7 +239,7 @@ class Server:
         status, stdout = self.run(conn, argv, cwd)
         reply(exit=status, stdout=stdout)
         self.served += 1
-        self.log(f"sisa serve: {' '.join(argv)} -> exit {status} in {time.perf_counter() - started:.2f} s")
+        _log(f"sisa serve: {' '.join(argv)} -> exit {status} in {time.perf_counter() - started:.2f} s")
 
     def run(self, conn: socket.socket, argv: list[str], cwd: str) -> tuple[int, str]:
         """Run ``sisa argv`` as the client would have, from the client's folder."""
@@ -277,17 +276,19 @@ class _Stop(Exception):
     pass
 
 
-def serve(workdir: os.PathLike | str, *, on_ready: Optional[Callable[[Server], None]] = None) -> int:
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def serve(workdir: os.PathLike | str) -> int:
     """Run a server for ``workdir`` until SIGINT or SIGTERM; returns the requests served."""
     server = Server(workdir)
     seconds = server.warm()
     server.bind()
     previous = {sig: signal.signal(sig, server.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.log(f"sisa serve: serving {server.root} on {server.path} (warmed up in {seconds:.1f} s); "
+        _log(f"sisa serve: serving {server.root} on {server.path} (warmed up in {seconds:.1f} s); "
                    f"sisa delete --workdir {server.root} now runs here")
-        if on_ready is not None:
-            on_ready(server)
         server.serve_forever()
     finally:
         server.close()

@@ -94,9 +94,9 @@ def _file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, 
     path = workspace.shards_dir / entry["file"]
     if sha256_file(path) != entry["sha256"]:
         raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
-    names = pq.ParquetFile(path).schema_arrow.names
-    table = pq.ParquetFile(path).read(columns=[c for c in ("id", "slice") if c in names],
-                                      use_threads=ARROW_THREADS)
+    parquet = pq.ParquetFile(path)
+    table = parquet.read(columns=[c for c in ("id", "slice") if c in parquet.schema_arrow.names],
+                         use_threads=ARROW_THREADS)
     column = table.column("id")
     ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
         else column.to_numpy().astype(np.int64)

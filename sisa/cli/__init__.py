@@ -32,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    if getattr(args, "no_serve", True) is False:
+    if not getattr(args, "no_serve", True):  # a command that can be served, not told otherwise
         from sisa.serve import forward
 
         # a warm `sisa serve` on this workspace runs the command without torch's start-up
