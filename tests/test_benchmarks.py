@@ -17,11 +17,16 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_grid_smoke(tmp_path):
     run("grid.py", "--data", "digits", "--epochs", "3", "--cells", "1x1,4x2", "--ks", "1,4", "--ids", "1",
-        "--serve", "--stratified", "--out", str(tmp_path), "--name", "smoke")
+        "--serve", "--stratified", "--mono-repeats", "2", "--out", str(tmp_path), "--name", "smoke")
     result = json.loads((tmp_path / "smoke.json").read_text())
+    mono = result["monolithic"]
+    assert len(mono["runs"]) == 2  # before and after the cells; the baseline is their mean
+    assert mono["train_seconds"] == sum(r["train_seconds"] for r in mono["runs"]) / 2
     assert [(c["shards"], c["slices"]) for c in result["cells"]] == [(1, 1), (4, 2)]
     cell = result["cells"][1]
     assert cell["one_deletion"]["median_wall_seconds"] > cell["one_deletion"]["median_compute_seconds"] > 0
+    assert cell["one_deletion"]["speedup_compute"] == mono["train_seconds"] / cell["one_deletion"]["median_compute_seconds"]
+    assert cell["k_sweep"][1]["speedup_batch"] == mono["train_seconds"] / cell["k_sweep"][1]["batch_seconds"]
     served = cell["one_deletion_served"]
     assert served["runs"][0]["id"] == cell["one_deletion"]["runs"][0]["id"]
     assert served["runs"][0]["retrained"] == cell["one_deletion"]["runs"][0]["retrained"]
