@@ -23,3 +23,6 @@ run fm-cnn-s8 --data $FM --model cnn --shards 8
 run fm-mlp-s1 --data $FM --model mlp --shards 1 --slices 1
 run fm-mlp-s8 --data $FM --model mlp --shards 8
 run fm-resnet18-s8 --data $FM --model resnet18 --shards 8 --slices 1 --epochs 1
+# several shards at once as one vectorised model: exactness and isolation on the GPU, then timings
+python benchmarks/vectorised.py --device $DEV --data $FM --model cnn --widths 1,8 --out $OUT --name vectorised-cnn | tee -a $OUT/summary.txt
+python benchmarks/vectorised.py --device $DEV --data $FM --model mlp --widths 1,8 --out $OUT --name vectorised-mlp | tee -a $OUT/summary.txt

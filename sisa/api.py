@@ -41,7 +41,11 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
         raise SisaError(f"{dataset.spec} has no labels")
     labels = dataset.label_index(train.y, "training data")
     test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
-    build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
+    model = build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
+    if settings.vectorise > 1:
+        from sisa.vectorised import check_vectorisable
+
+        check_vectorisable(model)
     if settings.device == "cuda":
         import torch
 
@@ -58,7 +62,9 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
             executor=executor, progress=progress, source=source)
     summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
                "model": settings.model, "n_train": int(len(train)),
-               "train_seconds": round(sum(r["seconds"] for r in records), 3), **summary_extra}
+               # a vectorised group's slice seconds count once, not once per shard trained in it
+               "train_seconds": round(sum(r["seconds"] / r.get("shared_by", 1) for r in records), 3),
+               **summary_extra}
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 

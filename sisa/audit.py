@@ -21,8 +21,9 @@ from sisa.ledger import Ledger
 from sisa.lock import workspace_lock
 from sisa.settings import Settings
 from sisa.store import Workspace, ids_digest, sha256_file
-from sisa.training import DataSpec, ShardJob, run_shard_job
+from sisa.training import DataSpec, ShardJob
 from sisa.unlearn import key_text, orphan_files
+from sisa.vectorised import run_unit
 
 
 def audit(workspace: Workspace, ids: Optional[Sequence] = None, *, replay: bool = False) -> dict[str, Any]:
@@ -138,7 +139,8 @@ def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[
             shutil.copyfile(workspace.shards_dir / entry["file"], scratch.shards_dir / entry["file"])
         except OSError as exc:
             raise SisaError(f"cannot copy {entry['file']} for replay: {exc}") from None
-        result = run_shard_job(ShardJob(tmp, shard, settings, spec, entry["file"], entry["sha256"]))
+        # as training ran it: alone, or in its vectorised group's position
+        result = run_unit([ShardJob(tmp, shard, settings, spec, entry["file"], entry["sha256"])])[0]
     fresh = {r["slice"]: r["sha256"] for r in result.checkpoints}
     if fresh != live:
         bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))

@@ -221,7 +221,7 @@ def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, s
         done = delete(full, [i.item() if hasattr(i, "item") else i for i in forget_ids], executor=executor)
         delete_s = time.perf_counter() - started
         retrained = [{"shard": r["shard"], "from_slice": r["from_slice"]} for r in done["retrained"]]
-        info(f"sisa delete: retrained " + ", ".join(f"shard {r['shard']} from slice {r['from_slice']}"
+        info("sisa delete: retrained " + ", ".join(f"shard {r['shard']} from slice {r['from_slice']}"
                                                     for r in retrained) + f" in {delete_s:.1f} s")
         probas = {k: Ensemble(full).predict_proba(X) for k, X in sets.items()}
         row = {"method": "sisa", **scores(probas, set_labels, seed=settings.seed), "seconds": delete_s,

@@ -12,7 +12,8 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
-from sisa.training import Progress, ShardJob, ShardResult, run_shard_job
+from sisa.training import Progress, ShardJob, ShardResult
+from sisa.vectorised import run_unit, work_units
 
 
 class Executor(Protocol):
@@ -26,16 +27,18 @@ EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 
 @EXECUTORS.register("local")
 class InProcessExecutor:
-    """Runs the jobs one after another in this process."""
+    """Runs the jobs one after another in this process (a vectorised group at a time when the
+    settings' ``vectorise`` > 1)."""
 
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
-        for job in jobs:
-            yield run_shard_job(job, progress)
+        for unit in work_units(jobs):
+            yield from run_unit(unit, progress)
 
 
 @EXECUTORS.register("ray")
 class RayExecutor:
-    """One Ray task per shard job, on this machine or on a Ray cluster.
+    """One Ray task per shard job (per vectorised group when the settings' ``vectorise`` > 1),
+    on this machine or on a Ray cluster.
 
     Each task trains its shard's slices in order and writes its checkpoint files atomically;
     results stream back as shards finish. A task whose worker process dies is retried (up to
@@ -66,31 +69,34 @@ class RayExecutor:
         task = ray.remote(_ray_job)
         cpus = self.cpus_per_shard if self.cpus_per_shard is not None else jobs[0].settings.threads
         pending = {}
-        for job in jobs:
+        for unit in work_units(jobs):
+            name = f"sisa-shard-{unit[0].shard}" + (f"-{unit[-1].shard}" if len(unit) > 1 else "")
             ref = task.options(num_cpus=cpus, num_gpus=self.gpus_per_shard, max_retries=self.retries,
-                               retry_exceptions=False, name=f"sisa-shard-{job.shard}").remote(job)
-            pending[ref] = job
+                               retry_exceptions=False, name=name).remote(unit)
+            pending[ref] = unit
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
+            unit = pending.pop(done[0])
+            shards = ", ".join(str(job.shard) for job in unit)
             try:
-                result = ray.get(done[0])
+                results = ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 for ref in pending:
                     ray.cancel(ref)
                 if isinstance(cause, SisaError):
                     raise SisaError(str(cause)) from None
-                raise SisaError(f"training shard {job.shard} failed on a Ray worker: {cause}") from None
+                raise SisaError(f"training shard {shards} failed on a Ray worker: {cause}") from None
             except ray.exceptions.WorkerCrashedError:
                 for ref in pending:
                     ray.cancel(ref)
-                raise SisaError(f"training shard {job.shard} failed: its Ray worker died "
+                raise SisaError(f"training shard {shards} failed: its Ray worker died "
                                 f"{self.retries + 1} times") from None
-            if progress is not None:
-                for record in result.checkpoints:
-                    progress(record)
-            yield result
+            for result in results:
+                if progress is not None:
+                    for record in result.checkpoints:
+                        progress(record)
+                yield result
 
 
 def _ray(address: Optional[str] = None):
@@ -123,9 +129,9 @@ def _ensure_ray(ray, address: Optional[str]) -> None:
         raise SisaError(f"cannot start or reach Ray{' at ' + address if address else ''}: {exc}") from None
 
 
-def _ray_job(job: ShardJob) -> ShardResult:
-    """Runs on a Ray worker."""
-    return run_shard_job(job)
+def _ray_job(unit: Sequence[ShardJob]) -> list[ShardResult]:
+    """Runs on a Ray worker: one job, or one vectorised group."""
+    return run_unit(unit)
 
 
 AUTO_RAY_MIN_WORK = 2e10

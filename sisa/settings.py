@@ -38,6 +38,9 @@ class Settings:
         threads: torch intra-op threads while training; part of the numerics environment.
         device: ``cpu`` or ``cuda``.
         aggregation: a name from :data:`sisa.aggregation.AGGREGATORS`.
+        vectorise: shards trained at once as one vectorised model (torch.func), in fixed
+            groups of this many (see :mod:`sisa.vectorised`); 1 trains one model at a time.
+            For accelerators; it changes the trained bits, so deletions retrain the same way.
 
     >>> Settings(shards=2, slices=3).shards
     2
@@ -57,6 +60,7 @@ class Settings:
     threads: int = 1
     device: str = "cpu"
     aggregation: str = "mean-proba"
+    vectorise: int = 1
 
     def __post_init__(self) -> None:
         from sisa.aggregation import AGGREGATORS
@@ -67,7 +71,7 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SisaError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("shards", "slices", "epochs", "batch_size", "threads"):
+        for name in ("shards", "slices", "epochs", "batch_size", "threads", "vectorise"):
             positive_int(name)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise SisaError(f"seed must be a non-negative integer, got {self.seed!r}")

@@ -52,3 +52,13 @@ def test_tuning_smoke(tmp_path):
     by_aggregation = result["rows"][0]["sisa"]["accuracy_by_aggregation"]
     assert by_aggregation["mean-proba"] == result["rows"][0]["sisa"]["accuracy"]
     assert {"vote", "size-weighted"} <= set(by_aggregation)
+
+
+def test_vectorised_smoke(tmp_path):
+    run("vectorised.py", "--device", "cpu", "--shards", "4", "--epochs", "1", "--widths", "1,2",
+        "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["checks"] == {"delete_equals_training_without": True, "companion_unchanged": True}
+    assert [r["vectorise"] for r in result["rows"]] == [1, 2]
+    assert all(0 < r["accuracy"] <= 1 and r["train_seconds"] > 0 and r["delete_seconds"] > 0 for r in result["rows"])
+    assert "| 2 |" in (tmp_path / "smoke.md").read_text()

@@ -188,3 +188,14 @@ def test_a_local_ray_instance_listens_on_loopback_only():
     opened = json.loads(done.stdout.strip().splitlines()[-1])
     assert opened, "Ray opened no listening sockets?"
     assert all(_is_loopback(a) for a in opened), opened
+
+
+def test_a_vectorised_group_runs_as_one_ray_task(local_ray, digits, tmp_path):
+    settings = SETTINGS.replace(vectorise=2)  # groups {0, 1} and {2}
+    train_workspace(tmp_path / "local", digits, settings, executor=InProcessExecutor())
+    train_workspace(tmp_path / "ray", digits, settings, executor=RayExecutor())
+    assert checkpoint_shas(tmp_path / "ray") == checkpoint_shas(tmp_path / "local")
+    forget = [int(i) for i in digits.train.ids[::150]]
+    delete(Workspace(tmp_path / "ray"), forget, executor=RayExecutor())
+    delete(Workspace(tmp_path / "local"), forget, executor=InProcessExecutor())
+    assert checkpoint_shas(tmp_path / "ray") == checkpoint_shas(tmp_path / "local")

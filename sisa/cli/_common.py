@@ -34,7 +34,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 SETTINGS_FLAGS = ("shards", "slices", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-                  "scheduler", "epoch_schedule", "seed", "threads", "device", "aggregation")
+                  "scheduler", "epoch_schedule", "seed", "threads", "device", "aggregation", "vectorise")
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,9 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                                                    "changing it changes the trained bits")
     group.add_argument("--device", choices=DEVICES)
     group.add_argument("--aggregation", help="mean-proba (default), vote or size-weighted")
+    group.add_argument("--vectorise", type=int, metavar="G",
+                       help="train G shards at once as one vectorised model (torch.func), for GPUs "
+                            "that one small model leaves idle (default 1); changes the trained bits")
 
 
 def dataset_and_settings(args: argparse.Namespace):
