@@ -203,7 +203,18 @@ def main() -> int:
     parser.add_argument("--name", help="results name (default grid-<data>-<model>)")
     parser.add_argument("--replot", type=Path, metavar="JSON",
                         help="only rewrite the .md and .png of an earlier results file")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="combine the cells of runs made side by side (e.g. the grid split over two "
+                             "processes) into --name, against the mean of their monolithic baselines")
     args = parser.parse_args()
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+        name = args.name or "grid-merged"
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"{name}.md").write_text(markdown(result) + "\n")
+        plot(result, args.out / f"{name}.png")
+        print(markdown(result))
+        return 0
     if args.replot:
         result = json.loads(args.replot.read_text())
         args.replot.with_suffix(".md").write_text(markdown(result) + "\n")
@@ -329,6 +340,23 @@ def main() -> int:
     return 0
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same data and settings made side by side: every cell, its
+    speedups recomputed against the mean of all the runs' monolithic baselines."""
+    if len({json.dumps([p["data"], p["settings"], p["n_train"]]) for p in parts}) != 1:
+        raise SystemExit("--merge takes runs of the same data and settings")
+    runs = [run for p in parts for run in p["monolithic"].get("runs", [p["monolithic"]])]
+    mono = {"accuracy": parts[0]["monolithic"]["accuracy"],
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+            "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs), "runs": runs}
+    cells = sorted((c for p in parts for c in p["cells"]), key=lambda c: (c["shards"], c["slices"]))
+    for cell in cells:
+        rebase(cell, mono["wall_seconds"], mono["train_seconds"])
+    return {**parts[0], "date": max(p["date"] for p in parts), "command": parts[0]["command"],
+            "merged_from": [{"command": p["command"], "date": p["date"], "monolithic": p["monolithic"]} for p in parts],
+            "monolithic": mono, "cells": cells}
+
+
 def markdown(result: dict) -> str:
     mono = result["monolithic"]
     lines = [f"{result['data']}, {result['settings'].get('model', 'mlp')}, {result['n_train']} training rows; "
@@ -337,7 +365,9 @@ def markdown(result: dict) -> str:
              + (f" (mean of {len(mono['runs'])} runs, training "
                 f"{', '.join(format(r['train_seconds'], '.1f') for r in mono['runs'])} s)" if mono.get("runs") else "")
              + f". {result['machine']['cpus']} CPUs, "
-             f"torch {result['machine']['torch']}, {result['date']}; `{result['command']}`", "",
+             f"torch {result['machine']['torch']}, {result['date']}; "
+             + ("; ".join(f"`{p['command']}`" for p in result["merged_from"]) + " (side by side, merged)"
+                if result.get("merged_from") else f"`{result['command']}`"), "",
              "| S | R | accuracy | training s | 1 deletion end to end s | speedup | compute s | speedup | theory | measured/theory (compute) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cells"]:

@@ -41,6 +41,18 @@ def test_grid_smoke(tmp_path):
     assert result["date"] and result["machine"]["cpus"] and "grid.py" in result["command"]
     assert (tmp_path / "smoke.md").read_text().count("\n") > 4
     assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
+    # a grid split over processes merges into one table against the mean baseline
+    other = dict(result, monolithic={**mono, "runs": [{**r, "train_seconds": 2 * r["train_seconds"]}
+                                                      for r in mono["runs"]]})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    run("grid.py", "--merge", str(tmp_path / "smoke.json"), str(tmp_path / "other.json"), "--out", str(tmp_path),
+        "--name", "merged")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert len(merged["cells"]) == 4 and len(merged["monolithic"]["runs"]) == 4
+    assert abs(merged["monolithic"]["train_seconds"] - 1.5 * mono["train_seconds"]) < 1e-9
+    assert merged["cells"][-1]["one_deletion"]["speedup_compute"] == (
+        merged["monolithic"]["train_seconds"] / merged["cells"][-1]["one_deletion"]["median_compute_seconds"])
+    assert "side by side, merged" in (tmp_path / "merged.md").read_text()
 
 
 def test_tuning_smoke(tmp_path):
