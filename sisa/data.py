@@ -31,6 +31,12 @@ from sisa.registry import Registry
 
 DEFAULT_TEST_FRACTION = 0.2
 
+ARROW_THREADS = False
+"""Parquet and CSV are read without Arrow's thread pool. Its workers can still be alive when
+the interpreter exits, and Arrow then aborts the finished process ("terminate called without
+an active exception", exit -6; seen once here in a `sisa train` subprocess, and reported for
+pyarrow upstream). sisa's files are small, so the threads bought little."""
+
 
 @dataclass
 class Table:
@@ -370,10 +376,10 @@ def _read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_la
         if kind == "csv":
             # Ids are read as text and become integers only when every one is written as a
             # plain integer, so "007" stays "007" and CSV and Parquet ids partition alike.
-            arrow = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=False),
+            arrow = pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=ARROW_THREADS),
                                   convert_options=pcsv.ConvertOptions(column_types={options.id_col: pa.string()}))
         else:
-            arrow = pq.read_table(path, use_threads=False)  # see sisa.store.ARROW_THREADS
+            arrow = pq.read_table(path, use_threads=ARROW_THREADS)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
     columns = arrow.schema.names

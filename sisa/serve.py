@@ -288,7 +288,7 @@ def serve(workdir: os.PathLike | str) -> int:
     previous = {sig: signal.signal(sig, server.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _log(f"sisa serve: serving {server.root} on {server.path} (warmed up in {seconds:.1f} s); "
-                   f"sisa delete --workdir {server.root} now runs here")
+             f"sisa delete --workdir {server.root} now runs here")
         server.serve_forever()
     finally:
         server.close()

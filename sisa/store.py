@@ -27,14 +27,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from sisa.data import id_bytes
+from sisa.data import ARROW_THREADS, id_bytes
 from sisa.errors import SisaError
-
-ARROW_THREADS = False
-"""Parquet and CSV are read without Arrow's thread pool. Its workers can still be alive when
-the interpreter exits, and Arrow then aborts the finished process ("terminate called without
-an active exception", exit -6; seen once here in a `sisa train` subprocess, and reported for
-pyarrow upstream). sisa's files are small, so the threads bought little."""
 
 WORKSPACE_FORMAT = "sisa-workspace/1"
 CHECKPOINTS_FORMAT = "sisa-checkpoints/1"

@@ -223,6 +223,42 @@ def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: 
     return steps
 
 
+def resume_training(settings: Settings, data: DataSpec, shard: int, state: Optional[dict[str, Any]]):
+    """(model, optimizer, scheduler) and step counters for a slice: fresh, or exactly as the
+    previous slice's saved ``state`` left them."""
+    training = make_training_state(settings, data, shard)
+    if state is None:
+        return training, {"epochs": 0, "steps": 0, "sample_passes": 0}
+    model, optimizer, scheduler = training
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return training, dict(state["counters"])
+
+
+def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, training, counters: dict[str, int],
+               *, epochs: int, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the checkpoint of ``shard`` after ``slice_``, trained ``epochs`` epochs (``steps``
+    steps) on the rows ``ids``; returns the state as read back (what the next slice resumes
+    from: the bytes written, serialised once) and the checkpoint record (without seconds)."""
+    model, optimizer, scheduler = training
+    n = len(ids)
+    counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,
+                "sample_passes": counters["sample_passes"] + n * epochs}
+    state = {
+        "model": _to_cpu(model.state_dict()),
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "counters": dict(counters, shard=shard, slice=slice_, samples=n),
+    }
+    ids_sha256 = ids_digest(ids)
+    name = workspace.checkpoint_name(shard, slice_, ids_sha256)
+    sha256 = workspace.write_checkpoint(name, state)
+    state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": shard, "slice": slice_})
+    return state, {"shard": shard, "slice": slice_, "file": name, "sha256": sha256, "ids_sha256": ids_sha256,
+                   "samples": n, "epochs": epochs}
+
+
 def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardResult:
     """Train the job's slices and write their checkpoints; returns the checkpoint records."""
     import torch
@@ -246,13 +282,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
             raise ValueError("a job from slice 0 starts fresh; any later slice needs a start checkpoint")
         for slice_ in range(job.from_slice, settings.slices):
             slice_started = time.perf_counter()
-            model, optimizer, scheduler = make_training_state(settings, data, job.shard)
-            counters = {"epochs": 0, "steps": 0, "sample_passes": 0}
-            if state is not None:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                counters = dict(state["counters"])
+            (model, optimizer, scheduler), counters = resume_training(settings, data, job.shard, state)
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
             epochs = slice_epochs[slice_] if n else 0  # nothing to train on yet
             try:
@@ -261,23 +291,9 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
                                     data=data, shard=job.shard, slice_=slice_, epochs=epochs)
             except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
                 raise SisaError(f"training shard {job.shard} slice {slice_} failed: {exc}") from exc
-            counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,
-                        "sample_passes": counters["sample_passes"] + n * epochs}
-            state = {
-                "model": _to_cpu(model.state_dict()),
-                "optimizer": _to_cpu(optimizer.state_dict()),
-                "scheduler": scheduler.state_dict(),
-                "counters": dict(counters, shard=job.shard, slice=slice_, samples=n),
-            }
-            ids_sha256 = ids_digest(rows.ids[:n])
-            name = workspace.checkpoint_name(job.shard, slice_, ids_sha256)
-            # Serialise once: the bytes written are the state the next slice resumes from.
-            sha256 = workspace.write_checkpoint(name, state)
-            state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": job.shard,
-                                               "slice": slice_})
-            record = {"shard": job.shard, "slice": slice_, "file": name, "sha256": sha256,
-                      "ids_sha256": ids_sha256, "samples": n, "epochs": epochs,
-                      "seconds": round(time.perf_counter() - slice_started, 4)}
+            state, record = save_slice(workspace, job.shard, slice_, rows.ids[:n], (model, optimizer, scheduler),
+                                       counters, epochs=epochs, steps=steps)
+            record["seconds"] = round(time.perf_counter() - slice_started, 4)
             records.append(record)
             if progress is not None:
                 progress(record)

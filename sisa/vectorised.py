@@ -33,9 +33,9 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.store import Workspace, ids_digest
+from sisa.store import Workspace
 from sisa.training import (DataSpec, Progress, ShardJob, ShardResult, derive_seed, deterministic_torch,
-                           make_training_state, numerics_environment, predict_probas, run_shard_job, _to_cpu)
+                           numerics_environment, predict_probas, resume_training, run_shard_job, save_slice)
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -81,7 +81,7 @@ class _Member:
     state: Optional[dict[str, Any]] = None
     records: list[dict[str, Any]] = field(default_factory=list)
     training: Any = None               # (model, optimizer, scheduler) of the current slice
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # of the last checkpoint
 
 
 def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
@@ -116,15 +116,8 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> 
             active = [m for m in members if m.job.from_slice <= slice_]
             counts = {}
             for m in active:
-                model, optimizer, scheduler = make_training_state(settings, data, m.job.shard)
-                check_vectorisable(model)
-                m.counters = {"epochs": 0, "steps": 0, "sample_passes": 0}
-                if m.state is not None:
-                    model.load_state_dict(m.state["model"])
-                    optimizer.load_state_dict(m.state["optimizer"])
-                    scheduler.load_state_dict(m.state["scheduler"])
-                    m.counters = dict(m.state["counters"])
-                m.training = (model, optimizer, scheduler)
+                m.training, m.counters = resume_training(settings, data, m.job.shard, m.state)
+                check_vectorisable(m.training[0])
                 counts[m.position] = int(np.searchsorted(m.rows.slice, slice_, side="right"))
             epochs = slice_epochs[slice_]
             try:
@@ -136,25 +129,12 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> 
                 raise SisaError(f"training shards {shards} (vectorised) slice {slice_} failed: {exc}") from exc
             seconds = round(time.perf_counter() - slice_started, 4)
             for m in active:
-                model, optimizer, scheduler = m.training
                 n = counts[m.position]
-                trained_epochs = epochs if n else 0
-                m.counters = {"epochs": m.counters["epochs"] + trained_epochs,
-                              "steps": m.counters["steps"] + steps[m.position],
-                              "sample_passes": m.counters["sample_passes"] + n * trained_epochs}
-                state = {"model": _to_cpu(model.state_dict()), "optimizer": _to_cpu(optimizer.state_dict()),
-                         "scheduler": scheduler.state_dict(),
-                         "counters": dict(m.counters, shard=m.job.shard, slice=slice_, samples=n)}
-                ids_sha256 = ids_digest(m.rows.ids[:n])
-                name = workspace.checkpoint_name(m.job.shard, slice_, ids_sha256)
-                sha256 = workspace.write_checkpoint(name, state)
-                m.state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": m.job.shard,
-                                                     "slice": slice_})
+                m.state, record = save_slice(workspace, m.job.shard, slice_, m.rows.ids[:n], m.training, m.counters,
+                                             epochs=epochs if n else 0, steps=steps[m.position])
                 # seconds: what (re)training this slice of this shard costs, the whole group's
                 # step; shared_by: how many shards that time trained at once
-                record = {"shard": m.job.shard, "slice": slice_, "file": name, "sha256": sha256,
-                          "ids_sha256": ids_sha256, "samples": n, "epochs": trained_epochs,
-                          "seconds": seconds, "shared_by": len(active)}
+                record.update(seconds=seconds, shared_by=len(active))
                 m.records.append(record)
                 if progress is not None:
                     progress(record)
