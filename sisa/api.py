@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from datetime import datetime, timezone
@@ -12,35 +13,42 @@ import numpy as np
 
 from sisa.data import Dataset, Table
 from sisa.ensemble import Ensemble
+from sisa import __version__
 from sisa.errors import SisaError
-from sisa.executors import Executor, make_executor
+from sisa.executors import Executor, make_executor, verify_result
+from sisa.faults import crash_point
+from sisa.ledger import carry, read_ledger
 from sisa.lock import workspace_lock
 from sisa.models import build_model
 from sisa.partition import assign, check_sizes, shard_order
 from sisa.settings import Settings
-from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, rows_to_parquet
+from sisa.staging import STAGING_PREFIX, finish_swap, make_scratch, remove_scratch, swap_in
+from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
 
 def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *,
                     executor: Optional[Executor] = None, force: bool = False,
                     progress: Optional[Progress] = None,
-                    source: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                    source: Optional[dict[str, Any]] = None,
+                    discard_deletions: bool = False) -> dict[str, Any]:
     """Partition ``dataset`` into ``workdir``'s shards, train every shard and record it all.
 
     Everything that can be wrong with the input is checked before the first file is written,
-    so bad input leaves the folder as it was. Returns a summary (seconds, test accuracy...).
+    so bad input leaves the folder as it was. The new workspace is built beside the old one
+    and swapped in only when complete (:mod:`sisa.staging`): an interrupted ``force`` keeps
+    the old workspace. The deletion ledger carries over: ids deleted earlier are left out of
+    the new training (unless ``discard_deletions``, which trains on them again).
+    Returns a summary (seconds, test accuracy, rows excluded...).
     """
     started = time.perf_counter()
     workspace = Workspace(workdir)
     if workspace.root.exists() and not workspace.root.is_dir():
         raise SisaError(f"workdir {workspace.root} is not a folder")
     _refuse_existing(workspace, force)
-    train, test = dataset.train, dataset.test
-    if train.y is None:
+    if dataset.train.y is None:
         raise SisaError(f"{dataset.spec} has no labels")
-    labels = dataset.label_index(train.y, "training data")
-    test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
+    check_test_ids(dataset)
     model = build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
     if settings.vectorise > 1:
         from sisa.vectorised import check_vectorisable
@@ -51,17 +59,27 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
 
         if not torch.cuda.is_available():
             raise SisaError("--device cuda was asked for, but torch sees no CUDA device")
-    assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
-    counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
-    dtype = str(train.X.dtype)
 
     with workspace_lock(workspace.root, exclusive=True):
+        finish_swap(workspace)
         _refuse_existing(workspace, force)  # again, now that no other process can be writing
+        remove_scratch(workspace)
+        deleted = {} if discard_deletions else read_ledger(workspace.ledger_path)[0]
+        dataset, excluded = _without_deleted(dataset, deleted)
+        train, test = dataset.train, dataset.test
+        if len(train) == 0:
+            raise SisaError(f"every training row of {dataset.spec} was deleted earlier; nothing to train on")
+        labels = dataset.label_index(train.y, "training data")
+        test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
+        assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
+        counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
         records, summary_extra = _write_and_train(
-            workspace, dataset, settings, assignment, counts, labels, test_labels, dtype,
-            executor=executor, progress=progress, source=source)
+            workspace, dataset, settings, assignment, counts, labels, test_labels,
+            executor=executor, progress=progress, source=source,
+            carry_ledger=bool(deleted) and workspace.ledger_path.exists())
     summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
                "model": settings.model, "n_train": int(len(train)),
+               "excluded_deleted": excluded, "deletions_discarded": bool(discard_deletions),
                # a vectorised group's slice seconds count once, not once per shard trained in it
                "train_seconds": round(sum(r["seconds"] / r.get("shared_by", 1) for r in records), 3),
                **summary_extra}
@@ -69,88 +87,185 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     return summary
 
 
+def check_test_ids(dataset: Dataset) -> None:
+    """Refuse test rows that share ids with training rows: a person's row would be scored as
+    unseen while it is trained on, and deleting the id could not say which row it meant."""
+    test = dataset.test
+    if test is None or not len(test):
+        return
+    train_kind = dataset.id_kind
+    test_kind = "int" if test.ids.dtype.kind in "iu" else "str"
+    if test_kind != train_kind:
+        raise SisaError(f"the test data's ids are {'integers' if test_kind == 'int' else 'text'} but the "
+                        f"training data's are {'integers' if train_kind == 'int' else 'text'}; give both "
+                        f"the same kind of id so that a deletion can find a person in either")
+    shared = np.intersect1d(_comparable(dataset.train.ids), _comparable(test.ids))
+    if len(shared):
+        shown = ", ".join(map(str, shared[:5].tolist()))
+        raise SisaError(f"{len(shared)} of the {len(test)} test rows share ids with training rows "
+                        f"(e.g. {shown}); accuracy on them would be inflated and a deletion ambiguous. "
+                        f"Give the test data ids of its own, or leave out --test-data to hold out a "
+                        f"share of the rows")
+
+
+def _comparable(ids: np.ndarray) -> np.ndarray:
+    return ids.astype(str) if ids.dtype == object else ids
+
+
+def _without_deleted(dataset: Dataset, deleted: dict) -> tuple[Dataset, int]:
+    """``dataset`` less every id of the deletion ledger; returns it and how many rows went."""
+    if not deleted:
+        return dataset, 0
+    from sisa.unlearn import key_text
+
+    def keep(table: Table) -> np.ndarray:
+        return np.fromiter((key_text(v) not in deleted for v in table.ids.tolist()), dtype=bool,
+                           count=len(table))
+
+    train_keep = keep(dataset.train)
+    test_keep = keep(dataset.test) if dataset.test is not None else None
+    excluded = int((~train_keep).sum()) + (int((~test_keep).sum()) if test_keep is not None else 0)
+    if not excluded:
+        return dataset, 0
+    return dataclasses.replace(
+        dataset, train=dataset.train.take(train_keep),
+        test=dataset.test.take(test_keep) if test_keep is not None else None), excluded
+
+
 def _refuse_existing(workspace: Workspace, force: bool) -> None:
-    if workspace.exists() and not force:
+    if not workspace.manifest_path.exists() and not workspace.manifest_path.is_symlink():
+        return
+    if not force:
         raise SisaError(f"{workspace.root} already holds a sisa workspace ({workspace.manifest_path}); "
-                        f"pass --force to replace it")
-
-
-def _write_and_train(workspace, dataset, settings, assignment, counts, labels, test_labels, dtype, *,
-                     executor, progress, source):
-    train, test = dataset.train, dataset.test
-    _clear(workspace)
+                        f"pass --force to replace it (its deletion ledger carries over)")
     try:
-        shard_entries = []
-        for s in range(settings.shards):
-            rows = shard_order(assignment, s)
-            name, sha = workspace.write_shard_file(s, rows_to_parquet(
-                train.ids[rows], s, assignment.slice[rows], labels[rows], train.X[rows]))
-            shard_entries.append({"shard": s, "file": name, "sha256": sha, "rows": int(len(rows)),
-                                  "slice_rows": counts[s].tolist()})
-        test_entry = None
-        if test_labels is not None:
-            order = id_order(test.ids)
-            sha = workspace.write_data_file("test.parquet", rows_to_parquet(
-                test.ids[order], None, None, test_labels[order], test.X[order].astype(dtype)))
-            test_entry = {"file": "test.parquet", "sha256": sha, "rows": int(len(test))}
+        import json
 
-        spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
-        evaluate = (test_entry["file"], test_entry["sha256"]) if test_entry else None
-        jobs = [ShardJob(str(workspace.root.resolve()), e["shard"], settings, spec, e["file"], e["sha256"],
-                         slice_rows=tuple(e["slice_rows"]), evaluate=evaluate)
-                for e in shard_entries if e["rows"]]
-        records, environments, test_probas = [], [], {}
-        for result in (executor or make_executor("local")).run(jobs, progress):
-            records.extend(result.checkpoints)
-            environments.append(result.environment)
-            test_probas[result.shard] = result.test_probas
-        if any(env != environments[0] for env in environments):
-            raise SisaError(f"shards were trained under different numerics environments: {environments}")
-        records.sort(key=lambda r: (r["shard"], r["slice"]))
-        workspace.write_json(workspace.checkpoints_manifest_path, {
-            "format": CHECKPOINTS_FORMAT, "environment": environments[0], "checkpoints": records})
-        manifest = {
-            "format": WORKSPACE_FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "settings": settings.to_dict(),
-            "data": {
-                "spec": dataset.spec, "shape": list(dataset.shape), "dtype": dtype,
-                "scale": float(dataset.scale), "classes": list(dataset.classes),
-                "feature_names": dataset.feature_names, "id_kind": dataset.id_kind,
-                "n_train": int(len(train)), "n_test": int(len(test)) if test_labels is not None else 0,
-                # with the ledger, these show whether rows went missing without a deletion
-                "n_train_initial": int(len(train)),
-                "n_test_initial": int(len(test)) if test_labels is not None else 0,
-                **(source or {}),
-            },
-            "shards": shard_entries,
-            "test": test_entry,
-        }
-        workspace.write_json(workspace.manifest_path, manifest)  # the commit point
+        is_sisa = json.loads(workspace.manifest_path.read_text()).get("format") == WORKSPACE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_sisa = False
+    if not is_sisa or workspace.manifest_path.is_symlink():
+        raise SisaError(f"{workspace.manifest_path} is not a sisa manifest; refusing to replace a file "
+                        f"sisa did not write (move it away first)")
+
+
+def _write_and_train(workspace, dataset, settings, assignment, counts, labels, test_labels, *,
+                     executor, progress, source, carry_ledger):
+    """Build the workspace in a staging folder, then swap it in (the commit point)."""
+    staging = make_scratch(workspace, STAGING_PREFIX)
+    try:
+        stage = Workspace(staging)
+        records, test_probas, manifest = _build(stage, dataset, settings, assignment, counts, labels,
+                                                test_labels, executor=executor, progress=progress,
+                                                source=source)
+        if carry_ledger:
+            carried = carry(workspace.ledger_path, stage.ledger_path)
+            manifest["data"]["carried_deletions"] = carried
+        stage.write_json(stage.manifest_path, manifest)
+        crash_point("before-swap")
     except BaseException:
-        _clear(workspace)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    if test_entry is None:
+    swap_in(workspace, staging)
+    if manifest["test"] is None:
         return records, {}
     ensemble = Ensemble(workspace)
     probas = np.stack([test_probas[r["shard"]] for r in ensemble.final_records()])
     return records, ensemble.evaluate(probas)
 
 
-def _clear(workspace: Workspace) -> None:
-    """Remove what sisa keeps in a workspace (manifest first), leaving other files alone."""
-    for path in (workspace.manifest_path, workspace.checkpoints_manifest_path):
-        path.unlink(missing_ok=True)
-    for suffix in ("", "-wal", "-shm"):  # the ledger belongs to the workspace it replaces
-        Path(f"{workspace.ledger_path}{suffix}").unlink(missing_ok=True)
-    if workspace.shards_dir.is_dir():
-        for path in list(workspace.shards_dir.glob("shard-*.parquet")) + \
-                list(workspace.shards_dir.glob("test*.parquet")) + list(workspace.shards_dir.glob(".*.tmp-*")):
-            path.unlink()
-    if workspace.checkpoints_dir.is_dir():
-        for path in workspace.checkpoints_dir.glob("shard-*"):
-            if path.is_dir():
-                shutil.rmtree(path)
+def _build(stage: Workspace, dataset, settings, assignment, counts, labels, test_labels, *,
+           executor, progress, source):
+    """Write shard files, train every shard and write the checkpoints manifest into ``stage``;
+    returns the checkpoint records, test probabilities and the (unwritten) shards manifest."""
+    train, test = dataset.train, dataset.test
+    dtype = str(train.X.dtype)
+    shard_entries = []
+    for s in range(settings.shards):
+        rows = shard_order(assignment, s)
+        name, sha = stage.write_shard_file(s, rows_to_parquet(
+            train.ids[rows], s, assignment.slice[rows], labels[rows], train.X[rows]))
+        shard_entries.append({"shard": s, "file": name, "sha256": sha, "rows": int(len(rows)),
+                              "slice_rows": counts[s].tolist(), "ids_sha256": ids_digest(train.ids[rows])})
+    test_entry = None
+    if test_labels is not None:
+        order = id_order(test.ids)
+        name, sha = stage.write_versioned("test", rows_to_parquet(
+            test.ids[order], None, None, test_labels[order], test.X[order].astype(dtype)))
+        test_entry = {"file": name, "sha256": sha, "rows": int(len(test)), "ids_sha256": ids_digest(test.ids)}
+
+    spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
+    evaluate = (test_entry["file"], test_entry["sha256"]) if test_entry else None
+    jobs = [ShardJob(str(stage.root.resolve()), e["shard"], settings, spec, e["file"], e["sha256"],
+                     slice_rows=tuple(e["slice_rows"]), evaluate=evaluate)
+            for e in shard_entries if e["rows"]]
+    records, environments, test_probas = [], [], {}
+    for result in (executor or make_executor("local")).run(jobs, progress):
+        verify_result(stage, result)
+        records.extend(result.checkpoints)
+        environments.append(result.environment)
+        test_probas[result.shard] = result.test_probas
+    if any(env != environments[0] for env in environments):
+        raise SisaError(f"shards were trained under different numerics environments: {environments}")
+    records.sort(key=lambda r: (r["shard"], r["slice"]))
+    stage.write_json(stage.checkpoints_manifest_path, {
+        "format": CHECKPOINTS_FORMAT, "environment": environments[0], "checkpoints": records})
+    manifest = {
+        "format": WORKSPACE_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sisa_version": __version__,
+        "settings": settings.to_dict(),
+        "data": {
+            "spec": dataset.spec, "shape": list(dataset.shape), "dtype": dtype,
+            "scale": float(dataset.scale), "classes": list(dataset.classes),
+            "feature_names": dataset.feature_names, "id_kind": dataset.id_kind,
+            "n_train": int(len(train)), "n_test": int(len(test)) if test_labels is not None else 0,
+            # with the ledger, these show whether rows went missing without a deletion
+            "n_train_initial": int(len(train)),
+            "n_test_initial": int(len(test)) if test_labels is not None else 0,
+            **(source or {}),
+        },
+        "shards": shard_entries,
+        "test": test_entry,
+    }
+    return records, test_probas, manifest
+
+
+def array_dataset(X: Any, y: Any, ids: Any = None) -> Dataset:
+    """Arrays as a :class:`Dataset`, with the checks and messages the CLI gives a table."""
+    from sisa.data import check_features, integral_labels
+
+    X = np.asarray(X)
+    if X.ndim < 2:
+        raise SisaError(f"X must have one row per sample and at least one feature (2-D or more), "
+                        f"got shape {X.shape}; reshape a single feature with X.reshape(-1, 1)")
+    if X.dtype.kind not in "uifb":
+        raise SisaError(f"X must be numeric, got dtype {X.dtype}")
+    if y is None:
+        raise SisaError("fit needs labels y")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise SisaError(f"y must be one label per row (1-D), got shape {y.shape}")
+    if len(X) != len(y):
+        raise SisaError(f"X has {len(X)} rows but y has {len(y)}")
+    if y.dtype.kind in "fc":
+        y = integral_labels(y.real if y.dtype.kind == "c" else y, "y")
+    elif y.dtype.kind == "O" and any(isinstance(v, float) for v in y.tolist()):
+        raise SisaError("y mixes numbers and other values; labels must be classes (integers or text)")
+    elif y.dtype.kind not in "iubUO":
+        raise SisaError(f"y must hold classes (integers or text), got dtype {y.dtype}")
+    ids = np.arange(len(X), dtype=np.int64) if ids is None else np.asarray(ids)
+    if ids.dtype.kind == "U":
+        ids = ids.astype(object)
+    if len(ids) != len(X) or len(np.unique(ids)) != len(ids):
+        raise SisaError("ids must be unique, one per row")
+    dtype = X.dtype if X.dtype.kind in "uf" and X.dtype != np.float16 else np.float32
+    X = X.astype(dtype)
+    check_features(X, "X")
+    classes = sorted({v.item() if hasattr(v, "item") else v for v in y})
+    if len({type(c) for c in classes}) > 1:
+        raise SisaError("y mixes numbers and text; labels must all be integers or all text")
+    return Dataset("array", Table(ids, X, y), None, tuple(X.shape[1:]), classes)
 
 
 class SISAClassifier:
@@ -179,21 +294,7 @@ class SISAClassifier:
             progress: Optional[Progress] = None) -> "SISAClassifier":
         """Train on a :class:`sisa.data.Dataset`, or on arrays ``X``, ``y`` with optional ids
         (default: row numbers)."""
-        if isinstance(X, Dataset):
-            dataset = X
-        else:
-            X = np.asarray(X)
-            if y is None:
-                raise SisaError("fit needs labels y")
-            y = np.asarray(y)
-            if len(X) != len(y):
-                raise SisaError(f"X has {len(X)} rows but y has {len(y)}")
-            ids = np.arange(len(X), dtype=np.int64) if ids is None else np.asarray(ids)
-            if len(ids) != len(X) or len(np.unique(ids)) != len(ids):
-                raise SisaError("ids must be unique, one per row")
-            dtype = X.dtype if X.dtype.kind in "uf" else np.float32
-            dataset = Dataset("array", Table(ids, X.astype(dtype), y), None, tuple(X.shape[1:]),
-                              sorted({v.item() if hasattr(v, "item") else v for v in y}))
+        dataset = X if isinstance(X, Dataset) else array_dataset(X, y, ids)
         self.dataset_ = dataset
         self.summary_ = train_workspace(self.workdir, dataset, self.settings, force=force,
                                         executor=make_executor(self.executor), progress=progress)

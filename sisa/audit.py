@@ -10,16 +10,16 @@ checkpoints bit for bit.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from sisa.ensemble import environment_differences
 from sisa.errors import SisaError
-from sisa.ledger import Ledger
+from sisa.ledger import read_ledger
 from sisa.lock import workspace_lock
 from sisa.settings import Settings
+from sisa.staging import REPLAY_PREFIX, make_scratch, scratch_folders, swap_path
 from sisa.store import Workspace, ids_digest, sha256_file
 from sisa.training import DataSpec, ShardJob
 from sisa.unlearn import key_text, orphan_files
@@ -38,23 +38,26 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
     settings = Settings.from_dict(manifest["settings"])
     data = manifest["data"]
     spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
-    deleted: dict[str, tuple[int, int]] = {}
-    open_requests: list[int] = []
-    if workspace.ledger_path.exists():  # an audit reads; it never creates the ledger
-        ledger = Ledger(workspace.ledger_path)
-        try:
-            deleted = ledger.deleted()
-            open_requests = ledger.open_requests()
-        finally:
-            ledger.close()
+    deleted, open_requests = read_ledger(workspace.ledger_path)  # an audit never writes the ledger
     targets = {key_text(i) for i in ids} if ids is not None else set(deleted)
     problems: list[str] = []
+    never = [i for i in (ids or []) if key_text(i) not in deleted]
+    if never:
+        problems.append(f"{len(never)} id(s) were never requested for deletion (the ledger has no record "
+                        f"of them): {never[:10]}")
+        targets -= {key_text(i) for i in never}
     if open_requests:
         problems.append(f"{len(open_requests)} deletion request(s) not yet committed; run 'sisa recover'")
+    for folder in scratch_folders(workspace):
+        problems.append(f"{folder.relative_to(workspace.root)} was left by an interrupted command and may "
+                        f"hold personal data; 'sisa recover' removes it")
+    if swap_path(workspace).exists():
+        problems.append("an interrupted 'sisa train' is half swapped in; run 'sisa recover'")
     from sisa.unlearn import TEST_SHARD
 
-    deleted_train = sum(1 for shard, _ in deleted.values() if shard != TEST_SHARD)
-    deleted_test = len(deleted) - deleted_train
+    # ids deleted before the last `train --force` (CARRIED_SHARD) were never in these files
+    deleted_train = sum(1 for shard, _ in deleted.values() if shard >= 0)
+    deleted_test = sum(1 for shard, _ in deleted.values() if shard == TEST_SHARD)
     if "n_train_initial" in data:
         live = sum(e["rows"] for e in manifest["shards"])
         if live + deleted_train != data["n_train_initial"]:
@@ -132,7 +135,11 @@ def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[
     live = {r["slice"]: r["sha256"] for r in records if r["shard"] == shard}
     if not entry["rows"]:
         return None if not live else f"shard {shard} is empty but still has checkpoints"
-    with tempfile.TemporaryDirectory(prefix="sisa-replay-") as tmp:
+    # Replayed inside the workspace, never in /tmp: a copy of the shard that outlived a killed
+    # audit would hold personal data nobody knows of. Commands that write remove the folder,
+    # and audit reports one that is left.
+    tmp = make_scratch(workspace, REPLAY_PREFIX)
+    try:
         scratch = Workspace(tmp)
         scratch.shards_dir.mkdir(parents=True)
         try:
@@ -140,7 +147,9 @@ def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[
         except OSError as exc:
             raise SisaError(f"cannot copy {entry['file']} for replay: {exc}") from None
         # as training ran it: alone, or in its vectorised group's position
-        result = run_unit([ShardJob(tmp, shard, settings, spec, entry["file"], entry["sha256"])])[0]
+        result = run_unit([ShardJob(str(tmp), shard, settings, spec, entry["file"], entry["sha256"])])[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     fresh = {r["slice"]: r["sha256"] for r in result.checkpoints}
     if fresh != live:
         bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))

@@ -178,6 +178,32 @@ def id_bytes(value: Any) -> bytes:
     raise SisaError(f"ids must be integers or strings, got {value!r} ({type(value).__name__})")
 
 
+def check_features(X: np.ndarray, what: str) -> None:
+    """Features must be finite in float32, the type models train in (3.4e39 is finite as
+    float64 and infinite as float32)."""
+    if X.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = int(np.count_nonzero(~(np.abs(X) <= np.finfo(np.float32).max)))
+        if bad:
+            raise SisaError(f"{what} has {bad} NaN or infinite values, or values beyond float32's range "
+                            f"(about 3.4e38; models train in float32)")
+
+
+def integral_labels(values: np.ndarray, what: str) -> np.ndarray:
+    """Class labels given as numbers: whole numbers within 2^53 (exact in float64), as int64."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise SisaError(f"{what} holds NaN or infinite labels; labels must be classes (integers or text)")
+        if not np.all(values == np.round(values)):
+            raise SisaError(f"{what} holds non-integer numbers (continuous targets?); labels must be "
+                            f"classes (integers or text)")
+        if len(values) and np.abs(values).max() > 2**53:
+            raise SisaError(f"{what} holds labels beyond 2^53 in magnitude ({np.abs(values).max():g}); "
+                            f"labels must be classes (integers or text)")
+    return values.astype(np.int64)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -250,7 +276,9 @@ def _idx_source(name: str, tv_class: str, system_dir: Optional[str], defaults: d
                     if len(images) != len(labels):
                         raise SisaError(f"{name} files in {directory}: {len(images)} images but "
                                         f"{len(labels)} labels")
-                    splits.append(Table(np.arange(len(images), dtype=np.int64),
+                    # test rows are numbered after the training rows: every row has an id of its own
+                    first = len(splits[0]) if splits else 0
+                    splits.append(Table(np.arange(first, first + len(images), dtype=np.int64),
                                         images.astype(np.uint8)[:, None], labels.astype(np.int64)))
             h, w = splits[0].X.shape[2:]
             return Dataset(name, splits[0], splits[1], (1, int(h), int(w)), list(range(10)),
@@ -292,7 +320,7 @@ def _cifar10(arg: Optional[str], options: LoadOptions) -> Dataset:
     binary = directory / "cifar-10-batches-bin"
     if binary.is_dir():
         train = _read_cifar_bin([binary / f"data_batch_{i}.bin" for i in range(1, 6)])
-        test = _read_cifar_bin([binary / "test_batch.bin"])
+        test = _read_cifar_bin([binary / "test_batch.bin"], first_id=len(train))
     elif (directory / "cifar-10-batches-py").is_dir():
         # The Python version of CIFAR-10 is pickled; torchvision checks every file against the
         # published md5 sums before unpickling it, so only the genuine files are ever loaded.
@@ -305,7 +333,8 @@ def _cifar10(arg: Optional[str], options: LoadOptions) -> Dataset:
             except RuntimeError as exc:
                 raise SisaError(f"cifar10 files in {directory / 'cifar-10-batches-py'} are missing or "
                                 f"do not match the published checksums ({exc}); refusing to unpickle them") from None
-            splits.append(Table(np.arange(len(ds.data), dtype=np.int64),
+            first = len(splits[0]) if splits else 0  # test ids follow the training ids
+            splits.append(Table(np.arange(first, first + len(ds.data), dtype=np.int64),
                                 np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)),
                                 np.asarray(ds.targets, dtype=np.int64)))
         train, test = splits
@@ -317,7 +346,7 @@ def _cifar10(arg: Optional[str], options: LoadOptions) -> Dataset:
                    defaults={"model": "cnn", "epochs": 10, "batch_size": 64})
 
 
-def _read_cifar_bin(paths: Sequence[Path]) -> Table:
+def _read_cifar_bin(paths: Sequence[Path], first_id: int = 0) -> Table:
     record = 1 + 3 * 32 * 32
     chunks = []
     for path in paths:
@@ -330,7 +359,7 @@ def _read_cifar_bin(paths: Sequence[Path]) -> Table:
                             f"multiple of {record}")
         chunks.append(raw.reshape(-1, record))
     rows = np.concatenate(chunks)
-    return Table(np.arange(len(rows), dtype=np.int64),
+    return Table(np.arange(first_id, first_id + len(rows), dtype=np.int64),
                  np.ascontiguousarray(rows[:, 1:].reshape(-1, 3, 32, 32)), rows[:, 0].astype(np.int64))
 
 
@@ -413,17 +442,14 @@ def _read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_la
         if bad:
             raise SisaError(f"{what}: feature column {name!r} has {bad} missing, NaN or infinite values")
         X[:, j] = values
+        check_features(X[:, j], f"{what}: feature column {name!r}")
     y = None
     if has_labels:
         label = arrow.column(options.label_col)
         if label.null_count:
             raise SisaError(f"{what}: label column {options.label_col!r} has {label.null_count} missing values")
         if pa.types.is_floating(label.type):
-            values = label.to_numpy()
-            if not np.all(values == np.round(values)):
-                raise SisaError(f"{what}: label column {options.label_col!r} holds non-integer numbers; "
-                                f"labels must be classes (integers or text)")
-            y = values.astype(np.int64)
+            y = integral_labels(label.to_numpy(), f"{what}: label column {options.label_col!r}")
         elif pa.types.is_integer(label.type) or pa.types.is_string(label.type) \
                 or pa.types.is_large_string(label.type) or pa.types.is_boolean(label.type):
             y = np.asarray(label.to_pylist(), dtype=object)
@@ -441,7 +467,11 @@ def _ids(column, kind: str, what: str, id_col: str) -> np.ndarray:
     if column.null_count:
         raise SisaError(f"{what}: id column {id_col!r} has {column.null_count} missing values")
     if pa.types.is_integer(column.type):
-        ids = column.to_numpy().astype(np.int64)
+        raw = column.to_numpy()
+        if raw.dtype == np.uint64 and len(raw) and int(raw.max()) >= 2**63:
+            raise SisaError(f"{what}: id column {id_col!r} holds ids of 2^63 or more ({int(raw.max())}), "
+                            f"which do not fit sisa's 64-bit signed integer ids; store them as text")
+        ids = raw.astype(np.int64)
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = column.to_pylist()
         if kind == "csv" and text and all(_INT_TEXT.fullmatch(t) and -2**63 <= int(t) < 2**63 for t in text):

@@ -25,7 +25,10 @@ class Ensemble:
     """
 
     def __init__(self, workspace: Workspace) -> None:
+        from sisa.staging import check_no_swap
+
         self.workspace = workspace
+        check_no_swap(workspace)
         self.manifest = workspace.read_manifest()
         self.checkpoints_manifest = workspace.read_checkpoints_manifest()
         self.settings = Settings.from_dict(self.manifest["settings"])
@@ -119,15 +122,10 @@ class Ensemble:
         data = self.manifest["data"]
         recorded = self.checkpoints_manifest.get("environment") or {}
         deletions = {"deleted_ids": 0, "pending": 0}
-        if self.workspace.ledger_path.exists():
-            from sisa.ledger import Ledger
+        from sisa.ledger import read_counts
 
-            ledger = Ledger(self.workspace.ledger_path)
-            try:
-                counts = ledger.counts()
-            finally:
-                ledger.close()
-            deletions = {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]}
+        counts = read_counts(self.workspace.ledger_path)
+        deletions = {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]}
         return {
             "deletions": deletions,
             "left_out_shards": sorted(self.pending_shards),
@@ -150,15 +148,9 @@ class Ensemble:
 def _pending_shards(workspace: Workspace) -> set[int]:
     """Shards with deletions recorded but not committed: their checkpoints may have seen
     deleted rows, so they are never used until retrained."""
-    if not workspace.ledger_path.exists():
-        return set()
-    from sisa.ledger import Ledger
+    from sisa.ledger import read_pending
 
-    ledger = Ledger(workspace.ledger_path)
-    try:
-        return {shard for shard, _ in ledger.deleted(pending_only=True).values() if shard >= 0}
-    finally:
-        ledger.close()
+    return {shard for shard, _ in read_pending(workspace.ledger_path).values() if shard >= 0}
 
 
 def environment_differences(recorded: dict[str, Any], settings: Settings) -> list[str]:

@@ -1,8 +1,9 @@
 """The one exception type sisa raises for problems a user can fix."""
 
 
-class SisaError(Exception):
+class SisaError(ValueError):
     """A problem with the user's input or workspace, with a message that names it.
 
-    The CLI prints the message and exits non-zero; no traceback is shown.
+    The CLI prints the message and exits non-zero; no traceback is shown. It is a
+    ``ValueError``, so Python callers can catch it as they catch other bad input.
     """

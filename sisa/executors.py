@@ -180,3 +180,24 @@ def make_executor(name: str, **options) -> Executor:
     if factory is InProcessExecutor:
         return InProcessExecutor()
     return factory(**{k: v for k, v in options.items() if v is not None})
+
+
+def verify_result(workspace, result: ShardResult) -> None:
+    """Check that every checkpoint a job reports is here, whole (size and sha256), before any
+    manifest names it. A Ray worker that does not see the workspace folder (a cluster without
+    shared storage) writes its files elsewhere; committing its records would name files the
+    driver cannot read."""
+    import platform
+
+    from sisa.store import sha256_file
+
+    for record in result.checkpoints:
+        path = workspace.checkpoints_dir / record["file"]
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size != record.get("bytes", size) or sha256_file(path) != record["sha256"]:
+            where = "this machine" if result.host == platform.node() else f"host {result.host!r}"
+            raise SisaError(
+                f"shard {record['shard']} slice {record['slice']}: the checkpoint the task reported "
+                f"({record['file']}, written on {where}) is {'missing' if size is None else 'different'} "
+                f"at {path}; nothing was committed. Every Ray node must see the workspace folder at "
+                f"the same path (shared storage)")

@@ -7,6 +7,7 @@ acknowledged to the user only once committed. The ledger never holds features or
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,30 @@ CREATE TABLE IF NOT EXISTS deleted (
 """
 
 
+def _refuse_links(path: Path) -> None:
+    """Refuse a ledger whose database or SQLite companion files are links (SQLite would follow
+    them and write wherever they point) or, unless allowed, another user's."""
+    from sisa.store import check_entry
+
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        check_entry(f"{path}{suffix}")
+
+
+def _prepare_file(path: Path) -> None:
+    """Create a missing ledger file with sisa's file mode (0600 by default) before SQLite opens
+    it: SQLite gives its -wal, -shm and -journal files the database file's permissions."""
+    from sisa.store import creation_modes
+
+    _refuse_links(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.close(os.open(path, flags, creation_modes()[0]))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SisaError(f"cannot create the deletion ledger {path}: {exc}") from None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -41,6 +66,7 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        _prepare_file(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -89,3 +115,93 @@ class Ledger:
             out[state] = n
         out["deleted_ids"] = self._db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]
         return out
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+CARRIED_SHARD = -2
+"""Ledger shard number of ids deleted before the workspace was last trained (``sisa train
+--force`` carries the ledger over): no model of this training ever saw them."""
+
+
+def ledger_files(path: Path) -> list[Path]:
+    """The ledger's database file and SQLite's companions that exist."""
+    return [p for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+def read_ledger(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
+    """(deleted ids, open requests) of the ledger at ``path``; nothing when there is none."""
+    return _read_only(path, lambda db: (_deleted(db, ""), _open(db)), ({}, []))
+
+
+def read_pending(path: Path) -> dict[str, tuple[int, int]]:
+    """Deleted ids of requests not yet committed (read-only)."""
+    return _read_only(path, lambda db: _deleted(db, " JOIN requests r ON r.request = d.request "
+                                                    "WHERE r.state != 'committed'"), {})
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    """Requests per state and deleted ids (read-only)."""
+    def counts(db):
+        out = {state: 0 for state in STATES}
+        out.update(dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()))
+        out["deleted_ids"] = db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]
+        return out
+    return _read_only(path, counts, dict({state: 0 for state in STATES}, deleted_ids=0))
+
+
+def _deleted(db: sqlite3.Connection, where: str) -> dict[str, tuple[int, int]]:
+    return {key: (shard, slice_) for key, shard, slice_ in db.execute(
+        "SELECT d.id, d.shard, d.slice FROM deleted d" + where)}
+
+
+def _open(db: sqlite3.Connection) -> list[int]:
+    return [r for (r,) in db.execute("SELECT request FROM requests WHERE state != 'committed' ORDER BY request")]
+
+
+def _read_only(path: Path, query, empty):
+    """Run ``query`` on the ledger opened read-only, so that read-only commands work on a
+    read-only mount or a full disk and never create a ledger."""
+    path = Path(path)
+    _refuse_links(path)
+    if not path.exists():
+        return empty
+    uris = [f"file:{path}?mode=ro"]
+    if not os.access(path.parent, os.W_OK):
+        # SQLite cannot create the WAL index in a read-only folder; nobody can write the
+        # ledger there either, so reading the file as immutable is safe.
+        uris.append(f"file:{path}?immutable=1")
+    error: Exception = RuntimeError("unreachable")
+    for uri in uris:
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
+            try:
+                return query(db)
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            error = exc
+    raise SisaError(f"cannot read the deletion ledger {path}: {error}")
+
+
+def carry(old: Path, new: Path) -> int:
+    """Copy the ledger at ``old`` (every request, committed) to ``new`` for a retrained
+    workspace; returns the ids it holds. Their shard becomes :data:`CARRIED_SHARD`, or stays
+    the test marker (-1): no model of the new training saw them."""
+    with Ledger(old) as source:
+        if source.open_requests():
+            raise SisaError(f"the deletion ledger {old} has uncommitted requests; run 'sisa recover' first")
+        _prepare_file(Path(new))
+        target = sqlite3.connect(new)
+        try:
+            source._db.backup(target)
+        finally:
+            target.close()
+    with Ledger(new) as ledger:
+        with ledger._db:
+            ledger._db.execute("UPDATE deleted SET shard = ?, slice = -1 WHERE shard >= 0", (CARRIED_SHARD,))
+        return ledger._db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.executors import Executor
-from sisa.ledger import Ledger
+from sisa.ledger import read_ledger
 from sisa.lock import workspace_lock
 from sisa.settings import Settings
 from sisa.store import CHECKPOINTS_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet, sha256_file
@@ -76,14 +76,9 @@ def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[
     settings = Settings.from_dict(manifest["settings"])
     source = load(data_spec, id_col=data.get("id_col", "id"), label_col=data.get("label_col", "label"),
                   test_spec=data.get("test_spec"), test_fraction=data.get("test_fraction", 0.2))
-    deleted = set()
-    if workspace.ledger_path.exists():
-        ledger = Ledger(workspace.ledger_path)
-        try:
-            deleted = set(ledger.deleted())
-        finally:
-            ledger.close()
+    deleted = set(read_ledger(workspace.ledger_path)[0])
     retrain: set[int] = set()
+    final = {r["shard"]: r for r in workspace_checkpoints(workspace) if r["slice"] == settings.slices - 1}
 
     def keep(table):
         mask = np.array([key_text(v) not in deleted for v in table.ids.tolist()], dtype=bool)
@@ -93,18 +88,39 @@ def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[
         train = keep(source.train)
         where = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
         rows = shard_order(where, entry["shard"])
+        expected = entry.get("ids_sha256") or (final.get(entry["shard"]) or {}).get("ids_sha256")
+        _check_same_ids(f"shard {entry['shard']}", train.ids[rows], entry["rows"], expected, data_spec)
         labels = source.label_index(train.y[rows], "training data")
         payload = rows_to_parquet(train.ids[rows], entry["shard"], where.slice[rows], labels,
                                   train.X[rows].astype(data["dtype"]))
         _replace(workspace, manifest, entry, payload, f"shard-{entry['shard']:03d}", actions, retrain)
     if test_damaged:
         test = keep(source.test)
+        _check_same_ids("the test rows", test.ids, manifest["test"]["rows"], manifest["test"].get("ids_sha256"),
+                        data_spec)
         order = id_order(test.ids)
         labels = source.label_index(test.y[order], "test data")
         payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data["dtype"]))
         _replace(workspace, manifest, manifest["test"], payload, "test", actions, retrain, shard=TEST_SHARD)
     workspace.write_json(workspace.manifest_path, manifest)
     return {s for s in retrain if s != TEST_SHARD}
+
+
+def workspace_checkpoints(workspace: Workspace) -> list[dict[str, Any]]:
+    try:
+        return workspace.read_checkpoints_manifest()["checkpoints"]
+    except SisaError:
+        return []
+
+
+def _check_same_ids(what: str, ids, rows: int, expected: Optional[str], data_spec: str) -> None:
+    """A rebuilt file must hold exactly the ids the workspace recorded: a changed source would
+    put rows into the workspace that no checkpoint was trained on (or leave some out)."""
+    if len(ids) != rows or (expected is not None and ids_digest(ids) != expected):
+        raise SisaError(f"--data {data_spec} does not hold the rows the workspace was trained on: {what} "
+                        f"would get {len(ids)} rows instead of {rows}"
+                        f"{'' if len(ids) != rows else ' (a different id set)'}; nothing was repaired. "
+                        f"Pass the unchanged source")
 
 
 def _replace(workspace: Workspace, manifest: dict[str, Any], entry: dict[str, Any], payload: bytes,

@@ -6,6 +6,14 @@ that is most of a deletion. ``sisa serve`` pays it once: it listens on a Unix so
 the workspace (``<workdir>/serve.sock``, mode 0600, callers of another user refused), and a
 ``sisa delete`` that finds the socket sends its command line there instead of running it.
 
+Both ends check the other's user. The client forwards only to a socket file that is a socket
+(not a symbolic link), owned by its own user with no access for group or others, and served
+by a process of its own user (``SO_PEERCRED``); anything else at ``serve.sock`` is refused
+with an error (exit 1), never sent the ids nor silently bypassed: whoever could put it there
+can write into the workspace. The server's log names each request by number, its command and
+how many ids it carried, its exit status and seconds, never the ids; what the command prints
+goes to the client only.
+
 The server runs the forwarded command with the very code that runs it in process: the same
 lock, ledger, files, messages and exit status, one request at a time, every file read afresh
 (so commands run in process beside it stay safe). A request is acknowledged only when the
@@ -25,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -45,34 +54,82 @@ def socket_path(workdir: os.PathLike | str) -> Path:
 
 
 @contextlib.contextmanager
+def _working_in(folder: os.PathLike | str) -> Iterator[None]:
+    """Work in ``folder``, then return to the folder worked in before, even if that one was
+    removed meanwhile or before (held open, not named: ``os.getcwd()`` would fail then)."""
+    home = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.fchdir(home)
+    finally:
+        os.close(home)
+
+
+@contextlib.contextmanager
 def _short_address(path: Path) -> Iterator[str]:
     """An address for ``path`` within AF_UNIX's ~107-byte limit: the path itself, or its
     name relative to its folder while the process works in that folder."""
     if len(os.fsencode(str(path))) < 100:
         yield str(path)
         return
-    previous = os.getcwd()
-    os.chdir(path.parent)
-    try:
+    with _working_in(path.parent):
         yield path.name
-    finally:
-        os.chdir(previous)
+
+
+class UntrustedSocket(SisaError):
+    """Something at ``serve.sock`` that is not a server of this user's."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _distrust(st: os.stat_result) -> Optional[str]:
+    """Why the file ``st`` (from lstat) cannot be this user's server socket, or None."""
+    me = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link, not the socket of a sisa serve"
+    if not stat.S_ISSOCK(st.st_mode):
+        return "it is not a socket"
+    if st.st_uid != me:
+        return f"owned by uid {st.st_uid}, not by this user (uid {me})"
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return (f"mode {oct(stat.S_IMODE(st.st_mode))} opens it to other users "
+                f"(the socket of a sisa serve has mode 0o600)")
+    return None
 
 
 def connect(workdir: os.PathLike | str, timeout: Optional[float] = None) -> Optional[socket.socket]:
-    """A connection to the server of ``workdir``, or None when none answers there."""
+    """A connection to this user's server of ``workdir``, or None when none answers there.
+
+    Raises :class:`UntrustedSocket` when ``serve.sock`` is not this user's private socket, or
+    the process that answers on it runs as another user; nothing is sent then.
+    """
     path = socket_path(workdir)
-    if not path.exists():
+    try:
+        st = os.lstat(path)
+    except OSError:  # no socket (or no folder to look in): no server
         return None
+    reason = _distrust(st)
+    if reason is not None:
+        raise UntrustedSocket(path, reason)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         with _short_address(path) as address:
             sock.connect(address)
         sock.settimeout(None)
+        uid = peer_uid(sock)  # the file may have been swapped since lstat: ask the kernel
     except OSError:
         sock.close()
         return None
+    if uid != os.geteuid():
+        sock.close()
+        raise UntrustedSocket(path, f"it is served by a process of uid {uid}, not of this user "
+                                    f"(uid {os.geteuid()})")
     return sock
 
 
@@ -80,9 +137,21 @@ def connect(workdir: os.PathLike | str, timeout: Optional[float] = None) -> Opti
 
 def forward(workdir: os.PathLike | str, argv: list[str]) -> Optional[int]:
     """Run ``sisa argv`` on the server of ``workdir``, printing what it prints; returns its
-    exit status, or None when no server answers (the caller then runs the command itself)."""
+    exit status, or None when no server answers (the caller then runs the command itself);
+    1, sending nothing, when ``serve.sock`` is not this user's (see :func:`connect`)."""
     stdout, stderr = sys.stdout, sys.stderr
-    sock = connect(workdir, timeout=5.0)
+    try:
+        cwd = os.getcwd()
+    except OSError:  # this folder was removed: the server could not resolve relative paths
+        return None
+    try:
+        sock = connect(workdir, timeout=5.0)
+    except UntrustedSocket as exc:
+        print(f"sisa {argv[0]}: error: refusing to forward to {exc.path}: {exc.reason}. Another user "
+              f"may have put it there to read the ids; nothing was sent. Remove it if it is not "
+              f"your sisa serve's (check who can write to {exc.path.parent}), or pass --no-serve",
+              file=stderr, flush=True)
+        return 1
     if sock is None:
         if socket_path(workdir).exists():
             print(f"note: no sisa serve answers on {socket_path(workdir)}; running in this process",
@@ -90,7 +159,7 @@ def forward(workdir: os.PathLike | str, argv: list[str]) -> Optional[int]:
         return None
     with sock:
         try:
-            sock.sendall(json.dumps({"argv": argv, "cwd": os.getcwd()}).encode() + b"\n")
+            sock.sendall(json.dumps({"argv": argv, "cwd": cwd}).encode() + b"\n")
             for line in sock.makefile("rb"):
                 message = json.loads(line)
                 if "stderr" in message:
@@ -115,27 +184,22 @@ def forward(workdir: os.PathLike | str, argv: list[str]) -> Optional[int]:
 # --- server -------------------------------------------------------------------------------
 
 class _Stream(io.TextIOBase):
-    """stderr of a forwarded command: each write goes to the client as it happens (and to
-    the server's own stderr); a client that went away stops receiving, the command goes on."""
+    """stderr of a forwarded command: each write goes to the client as it happens (not to the
+    server's log: it names ids); a client that went away stops receiving, the command goes on."""
 
-    def __init__(self, conn: socket.socket, echo) -> None:
+    def __init__(self, conn: socket.socket) -> None:
         self.conn: Optional[socket.socket] = conn
-        self.echo = echo
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self.echo.write(text)
         if self.conn is not None and text:
             try:
                 self.conn.sendall(json.dumps({"stderr": text}).encode() + b"\n")
             except OSError:
                 self.conn = None
         return len(text)
-
-    def flush(self) -> None:
-        self.echo.flush()
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -171,7 +235,11 @@ class Server:
         return time.perf_counter() - started
 
     def bind(self) -> None:
-        probe = connect(self.root, timeout=2.0)
+        try:
+            probe = connect(self.root, timeout=2.0)
+        except UntrustedSocket as exc:
+            raise SisaError(f"refusing to serve on {exc.path}: {exc.reason}; remove it if it is not "
+                            f"yours (check who can write to {self.root})") from None
         if probe is not None:
             probe.close()
             raise SisaError(f"a sisa serve process already serves {self.root} (socket {self.path})")
@@ -186,14 +254,14 @@ class Server:
             os.umask(old)
         sock.listen(64)
         self.sock = sock
-        self._inode = self.path.stat().st_ino
+        self._inode = os.lstat(self.path).st_ino
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
             with contextlib.suppress(OSError):
-                if self.path.stat().st_ino == self._inode:  # not a newer server's socket
+                if os.lstat(self.path).st_ino == self._inode:  # not a newer server's socket
                     self.path.unlink()
 
     def stop(self, *_) -> None:
@@ -222,8 +290,9 @@ class Server:
                 conn.sendall(json.dumps(message).encode() + b"\n")
 
         uid = peer_uid(conn)
-        if uid != os.getuid():
+        if uid != os.geteuid():
             reply(exit=1, stderr=f"sisa serve: refused a request from another user (uid {uid})\n")
+            _log(f"sisa serve: refused a request from another user (uid {uid})")
             return
         try:
             conn.settimeout(REQUEST_TIMEOUT)  # a client that connects and says nothing blocks no one
@@ -236,25 +305,28 @@ class Server:
             reply(exit=2, stderr=f"sisa serve: bad request: {exc}\n")
             return
         started = time.perf_counter()
-        status, stdout = self.run(conn, argv, cwd)
+        status, stdout, summary = self.run(conn, argv, cwd)
         reply(exit=status, stdout=stdout)
         self.served += 1
-        _log(f"sisa serve: {' '.join(argv)} -> exit {status} in {time.perf_counter() - started:.2f} s")
+        # the request's number and size, never its ids (nor the path of an ids file)
+        _log(f"sisa serve: request {self.served}: {summary} -> exit {status} "
+             f"in {time.perf_counter() - started:.2f} s")
 
-    def run(self, conn: socket.socket, argv: list[str], cwd: str) -> tuple[int, str]:
-        """Run ``sisa argv`` as the client would have, from the client's folder."""
+    def run(self, conn: socket.socket, argv: list[str], cwd: str) -> tuple[int, str, str]:
+        """Run ``sisa argv`` as the client would have, from the client's folder; returns its
+        exit status, what it printed, and a line for the log that names no ids."""
         from sisa import cli
 
         stdout = io.StringIO()
-        stderr = _Stream(conn, sys.stderr)
-        previous = os.getcwd()
+        stderr = _Stream(conn)
+        summary = f"{argv[0]}, command line refused"
         try:
-            os.chdir(cwd)
-            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            with _working_in(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 args = cli.build_parser().parse_args(argv + ["--no-serve"])
+                summary = _describe(args)
                 if Path(args.workdir).resolve() != self.root:
                     stderr.write(f"sisa serve: this server serves {self.root}, not {args.workdir}\n")
-                    return 1, ""
+                    return 1, "", summary
                 status = cli.main(argv + ["--no-serve"])
         except SystemExit as exc:  # argparse refused the command line
             status = exc.code if isinstance(exc.code, int) else 2
@@ -264,12 +336,25 @@ class Server:
         except Exception as exc:  # a defect: report it, keep serving
             import traceback
 
-            traceback.print_exc()
+            # the log gets where it failed, not the message (it may name ids); the client gets both
+            _log("".join(traceback.format_tb(exc.__traceback__))
+                 + f"{type(exc).__name__} (its message went to the client only)")
             stderr.write(f"sisa {argv[0]}: internal error: {exc!r}\n")
             status = 1
-        finally:
-            os.chdir(previous)
-        return status, stdout.getvalue()
+        return status, stdout.getvalue(), summary
+
+
+def _describe(args) -> str:
+    """A served command for the log: its name and how many ids it names, not which."""
+    from sisa.cli.delete import split_ids
+
+    parts = []
+    if getattr(args, "ids", None):
+        parts.append(f"{sum(len(split_ids(text)) for text in args.ids)} id(s)")
+    if getattr(args, "ids_file", None):
+        parts.append(f"{len(args.ids_file)} --ids-file")
+    summary = f"{args.command}, {' and '.join(parts) or 'no ids'}"
+    return summary + (" (dry run)" if getattr(args, "dry_run", False) else "")
 
 
 class _Stop(Exception):

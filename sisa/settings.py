@@ -92,19 +92,23 @@ class Settings:
 
         Recalibrated as in SISA's reference code: ``e' = 2R/(R+1) * e`` epochs in total, and
         slice i gets ``int((i+1) e'/R) - int(i e'/R)``, so the sample-passes add up to those
-        of an unsliced shard trained for ``e`` epochs.
+        of an unsliced shard trained for ``e`` epochs; but every slice gets at least one epoch,
+        so that every row is trained on. When ``e' < R`` (``e < (R+1)/2``) that floor costs
+        more sample-passes than the unsliced shard's ``e`` epochs: R epochs in all.
 
         >>> Settings(slices=4, epochs=10).slice_epochs()
         [4, 4, 4, 4]
         >>> Settings(slices=1, epochs=10).slice_epochs()
         [10]
+        >>> Settings(slices=4, epochs=1).slice_epochs()  # e' = 1.6 would give [0, 0, 1, 0]
+        [1, 1, 1, 1]
         """
         r = self.slices
         if self.epoch_schedule == "uniform":
             return [self.epochs] * r
         total = 2 * r * self.epochs / (r + 1)
         # Rounded so that float error in e' never drops a whole epoch (2R/(R+1)*e is rational).
-        return [int(round((i + 1) * total / r, 9)) - int(round(i * total / r, 9)) for i in range(r)]
+        return [max(1, int(round((i + 1) * total / r, 9)) - int(round(i * total / r, 9))) for i in range(r)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,17 +13,28 @@ Layout (see shards/README.md and checkpoints/README.md):
 Every file is written atomically (temporary file, fsync, rename, fsync of the folder) and
 recorded with its sha256; a file that no longer matches is reported, never used. The shards
 manifest is written last by ``sisa train``: a folder without it holds no workspace.
+
+Files hold personal data, so sisa creates them 0600 and its folders 0700 (``SISA_FILE_MODE=umask``:
+0666 and 0777 less the umask, for shared setups). Nothing inside a workspace is reached through
+a symbolic link: folders are opened one by one with ``O_NOFOLLOW``, temporary files get
+unpredictable names and are created exclusively, a link where a file is to be replaced is
+refused, and :meth:`Workspace.check_safe` refuses a workspace whose files are links or belong to
+another user (``SISA_ALLOW_FOREIGN_OWNER=1`` allows the latter).
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import hashlib
 import io
 import json
 import os
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -34,29 +45,193 @@ WORKSPACE_FORMAT = "sisa-workspace/1"
 CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+FILE_MODE_ENV = "SISA_FILE_MODE"
+"""``private`` (default): files 0600, folders 0700. ``umask``: 0666 and 0777 less the umask."""
+FOREIGN_OWNER_ENV = "SISA_ALLOW_FOREIGN_OWNER"
+"""``1``: accept workspace files and folders owned by another user (links are refused anyway)."""
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # never hang on a FIFO planted where a file should be
+
+
+def creation_modes() -> tuple[int, int]:
+    """(file mode, folder mode) that sisa creates its files and folders with."""
+    value = os.environ.get(FILE_MODE_ENV, "").strip().lower()
+    if value in ("", "private"):
+        return 0o600, 0o700
+    if value == "umask":
+        return 0o666, 0o777  # the umask takes its share at creation
+    raise SisaError(f"{FILE_MODE_ENV}={os.environ[FILE_MODE_ENV]!r} is not a file mode setting: use 'private' "
+                    f"(the default: files 0600, folders 0700) or 'umask' (0666 and 0777 less the umask)")
+
+
+def _link_message(path: os.PathLike | str) -> str:
+    return (f"{path} is a symbolic link; sisa never follows links in a workspace, so that nobody can "
+            f"make it read or overwrite another file: remove the link (and check who planted it)")
+
+
+def _check_owner(st: os.stat_result, path: os.PathLike | str) -> None:
+    me = os.geteuid()
+    if st.st_uid != me and os.environ.get(FOREIGN_OWNER_ENV, "").strip() != "1":
+        raise SisaError(f"{path} is owned by uid {st.st_uid}, not by this user (uid {me}): another user "
+                        f"could change it under sisa. Work on your own copy, or set "
+                        f"{FOREIGN_OWNER_ENV}=1 if this is a shared setup you trust")
+
+
+def check_entry(path: os.PathLike | str) -> Optional[os.stat_result]:
+    """lstat of a sisa file or folder that must be neither a link nor another user's; None if
+    it does not exist."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise SisaError(_link_message(path))
+    _check_owner(st, path)
+    return st
+
+
+def make_folder(path: os.PathLike | str) -> None:
+    """Create the folder ``path`` and missing parents with sisa's folder mode (0700 by default)."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    if path.parent != path:
+        make_folder(path.parent)
+    try:
+        os.mkdir(path, creation_modes()[1])
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+
+
+def _check_name(name: str, where: os.PathLike | str) -> None:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise SisaError(f"{name!r} in {where} is not a plain file name; refusing to leave the workspace folder")
+
+
+def _is_link_at(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_folder_at(dir_fd: int, name: str, shown: Path, *, create: bool, mode: int) -> int:
+    """Open the folder ``name`` in ``dir_fd`` without following a link (creating it first)."""
+    if create:
+        try:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link_at(dir_fd, name):
+            raise SisaError(_link_message(shown)) from None
         raise
-    fsync_dir(path.parent)
+
+
+def _create_temporary(dir_fd: int, name: str, mode: int) -> tuple[str, int]:
+    """A new file ``.<name>.tmp-<random>`` created exclusively (never through a link)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    for _ in range(100):
+        tmp = f".{name}.tmp-{secrets.token_hex(8)}"
+        try:
+            return tmp, os.open(tmp, flags, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", name)
+
+
+def _refuse_link_at(dir_fd: int, name: str, shown: os.PathLike | str) -> None:
+    if _is_link_at(dir_fd, name):
+        raise SisaError(_link_message(shown))
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, mode: int, shown: os.PathLike | str) -> None:
+    """Write ``data`` to ``name`` in the folder ``dir_fd`` atomically: a new temporary file,
+    fsync, rename over ``name`` (never a link), fsync of the folder."""
+    tmp, fd = _create_temporary(dir_fd, name, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _refuse_link_at(dir_fd, name, shown)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # renames a link, never its target
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    os.fsync(dir_fd)
+
+
+def atomic_write(path: Path, data: bytes, *, private: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole.
+
+    ``private`` (sisa's own files): the file gets mode 0600 and folders it creates 0700 (see
+    :func:`creation_modes`); otherwise, for a file the user named, 0666 and 0777 less the umask.
+    A link at ``path`` is refused, never followed or replaced."""
+    path = Path(path)
+    file_mode, folder_mode = creation_modes() if private else (0o666, 0o777)
+    if private:
+        make_folder(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    try:
+        _write_at(fd, path.name, data, file_mode, path)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _open_regular(path: os.PathLike | str, *, dir_fd: Optional[int] = None) -> int:
+    """Open a file for reading without following a link; only a regular file is accepted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise SisaError(_link_message(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SisaError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _sha256_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: os.read(fd, 1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _seal(obj: dict[str, Any]) -> str:
@@ -71,15 +246,17 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> Optional[str]:
-    """sha256 of a file, or None when it cannot be read."""
-    digest = hashlib.sha256()
+    """sha256 of a file, or None when it cannot be read (or is a link)."""
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        fd = _open_regular(path)
+    except (OSError, SisaError):  # missing, unreadable, a link or not a file
+        return None
+    try:
+        return _sha256_fd(fd)
     except OSError:
         return None
-    return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def ids_digest(ids: Iterable) -> str:
@@ -146,8 +323,16 @@ def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRow
     return ShardRows(ids, slice_, table.column("label").to_numpy().astype(np.int64), X)
 
 
+# sisa's own names in shards/ and checkpoints/ (other files there, a README say, are left alone)
+_SHARDS_NAMES = ("manifest.json", "ledger.sqlite", "ledger.sqlite-*", "*.parquet", ".*.tmp-*")
+_CHECKPOINTS_NAMES = ("manifest.json", "shard-*", ".*.tmp-*")
+
+
 class Workspace:
-    """Files of one workspace folder (``root``), read and written with integrity checks."""
+    """Files of one workspace folder (``root``), read and written with integrity checks.
+
+    ``root`` is the folder the user named (a link there is the user's choice); below it, sisa
+    follows no link, and every file it writes is created 0600 (see :func:`creation_modes`)."""
 
     def __init__(self, root: os.PathLike | str = ".") -> None:
         self.root = Path(root)
@@ -156,8 +341,150 @@ class Workspace:
         self.manifest_path = self.shards_dir / "manifest.json"
         self.checkpoints_manifest_path = self.checkpoints_dir / "manifest.json"
 
+    # -- safety
+    def check_safe(self) -> None:
+        """Refuse (SisaError naming the file) a workspace whose sisa files or folders (shards/,
+        checkpoints/, manifests, ledger, shard and checkpoint files, temporary files) are
+        symbolic links, or belong to another user unless ``SISA_ALLOW_FOREIGN_OWNER=1``.
+
+        A workspace that another user can change is one where that user can point sisa's
+        writes at any file the person running sisa may write (issue 14)."""
+        creation_modes()  # a bad setting is refused before anything is written
+        for _ in self._sisa_entries():
+            pass
+
+    def _sisa_entries(self) -> Iterator[tuple[Path, os.stat_result]]:
+        for folder, names in ((self.shards_dir, _SHARDS_NAMES), (self.checkpoints_dir, _CHECKPOINTS_NAMES)):
+            st = check_entry(folder)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            yield folder, st
+            with os.scandir(folder) as entries:
+                found = sorted((e.name for e in entries), key=str)
+            for name in found:
+                if not any(fnmatch.fnmatchcase(name, pattern) for pattern in names):
+                    continue
+                path = folder / name
+                st = check_entry(path)
+                if st is None:
+                    continue
+                yield path, st
+                if folder == self.checkpoints_dir and stat.S_ISDIR(st.st_mode):
+                    with os.scandir(path) as entries:  # a shard's folder holds only sisa's files
+                        inner = sorted(e.name for e in entries)
+                    for sub in inner:
+                        st_sub = check_entry(path / sub)
+                        if st_sub is not None:
+                            yield path / sub, st_sub
+
+    def _parts(self, path: os.PathLike | str) -> Optional[tuple[str, ...]]:
+        """``path`` as names below ``root``, or None when it is not below it."""
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return None
+        return parts or None
+
+    def _open_folder(self, parts: Sequence[str], *, create: bool) -> int:
+        """A descriptor of the folder ``root/parts...``, each part opened without following a
+        link (and created with sisa's folder mode when ``create``)."""
+        folder_mode = creation_modes()[1]
+        if create:
+            make_folder(self.root)
+        fd = os.open(self.root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        shown = self.root
+        try:
+            for part in parts:
+                _check_name(part, shown)
+                shown = shown / part
+                child = _open_folder_at(fd, part, shown, create=create, mode=folder_mode)
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _write(self, parts: Sequence[str], data: bytes) -> None:
+        *folders, name = parts
+        _check_name(name, self.root.joinpath(*folders))
+        fd = self._open_folder(folders, create=True)
+        try:
+            _write_at(fd, name, data, creation_modes()[0], self.root.joinpath(*parts))
+        finally:
+            os.close(fd)
+
+    def _open_file(self, parts: Sequence[str]) -> int:
+        *folders, name = parts
+        _check_name(name, self.root.joinpath(*folders))
+        folder = self._open_folder(folders, create=False)
+        shown = self.root.joinpath(*parts)
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EMLINK):
+                    raise SisaError(_link_message(shown)) from None
+                raise
+        finally:
+            os.close(folder)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SisaError(f"{shown} is not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _read(self, parts: Sequence[str]) -> bytes:
+        fd = self._open_file(parts)
+        try:
+            return _read_all(fd)
+        finally:
+            os.close(fd)
+
+    def _sha256(self, parts: Sequence[str]) -> Optional[str]:
+        try:
+            fd = self._open_file(parts)
+        except (OSError, SisaError):
+            return None
+        try:
+            return _sha256_fd(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def move_in(self, source_root: os.PathLike | str, rel: str) -> bool:
+        """Move the file ``source_root/rel`` to ``root/rel`` (a rename, both within this
+        workspace's folder), creating folders with sisa's mode and following no link on either
+        side. False when the source is not a regular file."""
+        parts = tuple(rel.split("/"))
+        *folders, name = parts
+        _check_name(name, Path(source_root).joinpath(*folders))
+        inside = self._parts(source_root)  # then no link is followed from root on
+        src_fd = self._open_folder((*inside, *folders), create=False) if inside \
+            else Workspace(source_root)._open_folder(folders, create=False)
+        try:
+            try:
+                if not stat.S_ISREG(os.stat(name, dir_fd=src_fd, follow_symlinks=False).st_mode):
+                    return False
+            except FileNotFoundError:
+                return False
+            dst_fd = self._open_folder(folders, create=True)
+            try:
+                _refuse_link_at(dst_fd, name, self.root.joinpath(*parts))
+                os.replace(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+        return True
+
     # -- manifests
     def exists(self) -> bool:
+        """True when ``root`` holds a workspace; refuses an unsafe one (:meth:`check_safe`)."""
+        self.check_safe()
         return self.manifest_path.exists()
 
     def read_manifest(self) -> dict[str, Any]:
@@ -178,12 +505,25 @@ class Workspace:
     def write_json(self, path: Path, obj: dict[str, Any]) -> None:
         """Write a manifest atomically, sealed with a checksum of its contents."""
         sealed = dict(obj, checksum=_seal(obj))
-        atomic_write(path, (json.dumps(sealed, indent=1, sort_keys=True) + "\n").encode())
+        data = (json.dumps(sealed, indent=1, sort_keys=True) + "\n").encode()
+        parts = self._parts(path)
+        if parts is None:
+            atomic_write(path, data)
+        else:
+            self._write(parts, data)
 
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        parts = self._parts(path)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            if parts is None:
+                fd = _open_regular(path)
+                try:
+                    raw = _read_all(fd)
+                finally:
+                    os.close(fd)
+            else:
+                raw = self._read(parts)
+            obj = json.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise SisaError(f"missing {path}: the workspace is incomplete") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -196,7 +536,7 @@ class Workspace:
 
     # -- data files
     def write_data_file(self, name: str, data: bytes) -> str:
-        atomic_write(self.shards_dir / name, data)
+        self._write(("shards", name), data)
         return sha256_bytes(data)
 
     def write_versioned(self, prefix: str, data: bytes) -> tuple[str, str]:
@@ -204,7 +544,7 @@ class Workspace:
         overwrites the file the manifest still points to. Returns (name, sha256)."""
         sha = sha256_bytes(data)
         name = f"{prefix}-{sha[:12]}.parquet"
-        atomic_write(self.shards_dir / name, data)
+        self._write(("shards", name), data)
         return name, sha
 
     def write_shard_file(self, shard: int, data: bytes) -> tuple[str, str]:
@@ -213,7 +553,7 @@ class Workspace:
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         path = self.shards_dir / name
         try:
-            data = path.read_bytes()
+            data = self._read(("shards", name))
         except OSError as exc:
             raise SisaError(f"cannot read shard file {path}: {exc}") from None
         if sha256_bytes(data) != sha256:
@@ -236,7 +576,7 @@ class Workspace:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
-        atomic_write(self.checkpoints_dir / name, data)
+        self._write(("checkpoints", *name.split("/")), data)
         return sha256_bytes(data)
 
     def load_checkpoint(self, record: dict[str, Any], map_location: str = "cpu") -> dict[str, Any]:
@@ -245,7 +585,7 @@ class Workspace:
 
         path = self.checkpoints_dir / record["file"]
         try:
-            data = path.read_bytes()
+            data = self._read(("checkpoints", *record["file"].split("/")))
         except OSError as exc:
             raise SisaError(f"cannot read checkpoint {path}: {exc}") from None
         if sha256_bytes(data) != record["sha256"]:
@@ -257,4 +597,4 @@ class Workspace:
             raise SisaError(f"refusing to load checkpoint {path}: {exc}") from None
 
     def verify_checkpoint(self, record: dict[str, Any]) -> bool:
-        return sha256_file(self.checkpoints_dir / record["file"]) == record["sha256"]
+        return self._sha256(("checkpoints", *record["file"].split("/"))) == record["sha256"]

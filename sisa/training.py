@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
@@ -86,6 +86,8 @@ class ShardResult:
     environment: dict[str, Any]
     seconds: float = 0.0
     test_probas: Optional[np.ndarray] = None
+    host: str = field(default_factory=platform.node)
+    """The machine that wrote the checkpoint files (a Ray worker node, or this one)."""
 
 
 def derive_seed(*parts: Any) -> int:
@@ -254,9 +256,10 @@ def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, t
     ids_sha256 = ids_digest(ids)
     name = workspace.checkpoint_name(shard, slice_, ids_sha256)
     sha256 = workspace.write_checkpoint(name, state)
+    size = (workspace.checkpoints_dir / name).stat().st_size
     state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": shard, "slice": slice_})
     return state, {"shard": shard, "slice": slice_, "file": name, "sha256": sha256, "ids_sha256": ids_sha256,
-                   "samples": n, "epochs": epochs}
+                   "bytes": size, "samples": n, "epochs": epochs}
 
 
 def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardResult:

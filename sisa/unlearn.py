@@ -21,12 +21,13 @@ import numpy as np
 
 from sisa.data import id_bytes
 from sisa.errors import SisaError
-from sisa.executors import Executor, make_executor
+from sisa.executors import Executor, make_executor, verify_result
 from sisa.faults import crash_point
-from sisa.ledger import Ledger
+from sisa.ledger import Ledger, read_ledger
 from sisa.lock import workspace_lock
 from sisa.partition import assign
 from sisa.settings import Settings
+from sisa.staging import finish_swap, remove_scratch, scratch_folders, swap_path
 from sisa.store import ARROW_THREADS, ShardRows, Workspace, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
@@ -59,10 +60,13 @@ class Plan:
 
     delete: dict[int, list] = field(default_factory=dict)    # shard -> ids
     test: list = field(default_factory=list)                   # ids found in the test rows only
+    also_test: list = field(default_factory=list)              # training ids also in the test rows
     already_deleted: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     from_slice: dict[int, int] = field(default_factory=dict)
     samples: dict[int, int] = field(default_factory=dict)      # rows left in each affected shard
+    slice_rows: dict[int, list[int]] = field(default_factory=dict)  # rows per slice after deletion
+    epochs: list[int] = field(default_factory=list)            # epochs of each slice
     estimate_seconds: float = 0.0
     slices_of: dict = field(default_factory=dict)              # id -> (shard, slice)
 
@@ -70,13 +74,23 @@ class Plan:
     def ids(self) -> list:
         return [i for ids in self.delete.values() for i in ids] + self.test
 
+    def retrained(self, shard: int) -> dict[str, Any]:
+        """What retraining ``shard`` costs: slice r trains on the rows of slices 0..r, so
+        ``samples`` adds up each retrained slice's rows, ``sample_passes`` those times epochs."""
+        trained = np.cumsum(self.slice_rows[shard])
+        slices = range(self.from_slice[shard], len(trained))
+        return {"shard": shard, "from_slice": self.from_slice[shard], "rows": self.samples[shard],
+                "slices": len(slices), "samples": int(sum(trained[r] for r in slices)),
+                "sample_passes": int(sum(trained[r] * self.epochs[r] for r in slices))}
+
     def to_dict(self) -> dict[str, Any]:
+        retrained = [self.retrained(s) for s in sorted(self.delete)]
         return {
-            "deleted": self.ids, "deleted_from_test": self.test,
+            "deleted": self.ids, "deleted_from_test": self.test + self.also_test,
             "already_deleted": self.already_deleted, "missing": self.missing,
-            "retrained": [{"shard": s, "from_slice": self.from_slice[s], "samples": self.samples[s]}
-                          for s in sorted(self.delete)],
-            "samples_retrained": int(sum(self.samples.values())),
+            "retrained": retrained,
+            "samples_retrained": int(sum(r["samples"] for r in retrained)),
+            "sample_passes_retrained": int(sum(r["sample_passes"] for r in retrained)),
             "estimate_seconds": round(self.estimate_seconds, 3),
         }
 
@@ -113,13 +127,7 @@ def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool =
 def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool) -> Plan:
     manifest = workspace.read_manifest()
     settings = Settings.from_dict(manifest["settings"])
-    deleted: dict[str, tuple[int, int]] = {}
-    if workspace.ledger_path.exists():  # a dry run must not even create the ledger
-        ledger = Ledger(workspace.ledger_path)
-        try:
-            deleted = ledger.deleted()
-        finally:
-            ledger.close()
+    deleted = read_ledger(workspace.ledger_path)[0]  # a dry run must not even create the ledger
     plan = Plan()
     unique = list(dict.fromkeys(ids))
     where = assign(unique, seed=settings.seed, shards=settings.shards, slices=settings.slices)
@@ -144,18 +152,22 @@ def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool)
             keys = {key_text(v) for v in plan.delete[shard]}
             plan.from_slice[shard] = min(plan.slices_of[k][1] for k in keys)
             plan.samples[shard] = int(len(shard_ids) - len(keys))
-    if plan.missing and manifest.get("test"):
+            gone = np.bincount([plan.slices_of[k][1] for k in keys], minlength=settings.slices)
+            plan.slice_rows[shard] = (np.bincount(shard_slices, minlength=settings.slices) - gone).tolist()
+    plan.epochs = settings.slice_epochs()
+    if manifest.get("test") and (plan.missing or plan.delete):
         # A person's rows may sit in the held-out test set: they are purged from it too.
         test_ids = set(map(key_text, _file_ids(workspace, manifest["test"])[0].tolist()))
         plan.test = [v for v in plan.missing if key_text(v) in test_ids]
         plan.missing = [v for v in plan.missing if key_text(v) not in test_ids]
+        plan.also_test = [v for ids in plan.delete.values() for v in ids if key_text(v) in test_ids]
         for value in plan.test:
             plan.slices_of[key_text(value)] = (TEST_SHARD, -1)
     if plan.missing and not ignore_missing:
         shown = ", ".join(repr(v) for v in plan.missing[:10])
         more = f" and {len(plan.missing) - 10} more" if len(plan.missing) > 10 else ""
         raise SisaError(f"unknown ids (not in the training data): {shown}{more}; nothing was deleted "
-                        f"(pass --ignore-missing to delete the others)")
+                        f"(to delete the others, pass --ignore-missing, or ignore_missing=True in Python)")
     remaining = sum(e["rows"] for e in manifest["shards"]) - sum(len(v) for v in plan.delete.values())
     if plan.ids and remaining <= 0:
         raise SisaError("refusing to delete every training id: nothing would be left to train on; "
@@ -179,11 +191,8 @@ def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, execut
     complete_pending(workspace, executor=executor, progress=progress)
     plan = _plan_deletion(workspace, ids, ignore_missing=ignore_missing)
     if plan.ids:
-        ledger = Ledger(workspace.ledger_path)
-        try:
+        with Ledger(workspace.ledger_path) as ledger:
             ledger.add_request((k, shard, slice_) for k, (shard, slice_) in plan.slices_of.items())
-        finally:
-            ledger.close()
         crash_point("after-ledger")
         complete_pending(workspace, executor=executor, progress=progress)
     result = plan.to_dict()
@@ -193,11 +202,27 @@ def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, execut
 
 def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = None,
                      progress: Optional[Progress] = None) -> list[int]:
-    """Finish every uncommitted deletion request; returns the shards retrained."""
-    if not workspace.ledger_path.exists():
+    """Finish an interrupted training swap and every uncommitted deletion request, and remove
+    folders interrupted commands left; returns the shards retrained."""
+    if not needs_recovery(workspace):
         return []
     with workspace_lock(workspace.root, exclusive=True):
+        finish_swap(workspace)
+        remove_scratch(workspace)
+        if not workspace.ledger_path.exists():
+            return []
         return _complete_pending(workspace, executor=executor, progress=progress)
+
+
+def needs_recovery(workspace: Workspace) -> bool:
+    """Whether a command must take the exclusive lock to clean up first (read-only commands
+    on a read-only mount then never try to write)."""
+    if swap_path(workspace).exists() or scratch_folders(workspace):
+        return True
+    try:
+        return bool(read_ledger(workspace.ledger_path)[1])
+    except SisaError:
+        return True  # let the writer report it
 
 
 def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
@@ -209,8 +234,8 @@ def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
             return []
         pending = ledger.deleted(pending_only=True)
         deleted = set(ledger.deleted())
-        shards = sorted({shard for shard, _ in pending.values() if shard != TEST_SHARD})
-        if any(shard == TEST_SHARD for shard, _ in pending.values()):
+        shards = sorted({shard for shard, _ in pending.values() if shard >= 0})
+        if workspace.read_manifest().get("test"):  # a deleted id may sit in the test rows too
             _purge(workspace, TEST_SHARD, deleted)
         for shard in shards:
             _purge(workspace, shard, deleted)
@@ -241,6 +266,8 @@ def _purge(workspace: Workspace, shard: int, deleted: set[str]) -> None:
                               rows.label[keep], rows.X[keep])
     name, sha = workspace.write_versioned("test" if test else f"shard-{shard:03d}", payload)
     entry.update(file=name, sha256=sha, rows=int(keep.sum()))
+    if "ids_sha256" in entry:
+        entry["ids_sha256"] = ids_digest(rows.ids[keep])
     if test:
         data["n_test"] = int(keep.sum())
     else:
@@ -298,6 +325,7 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
         crash_point("mid-retrain")
 
     for result in (executor or make_executor("local")).run(jobs, record_progress):
+        verify_result(workspace, result)
         checkpoints["checkpoints"] = sorted(checkpoints["checkpoints"] + result.checkpoints,
                                             key=lambda r: (r["shard"], r["slice"]))
         workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
@@ -309,15 +337,33 @@ def _remove_orphans(workspace: Workspace) -> None:
         path.unlink(missing_ok=True)
 
 
+_DATA_NAME = re.compile(r"(shard-[0-9]{3}|test)-[0-9a-f]{12}\.parquet")
+_CHECKPOINT_NAME = re.compile(r"slice-[0-9]{2}-[0-9a-f]{16}\.pt")
+_SHARD_FOLDER = re.compile(r"shard-[0-9]{3}")
+_TEMP_NAME = re.compile(r"\..+\.tmp-.+")
+
+
 def orphan_files(workspace: Workspace) -> list[Path]:
+    """Files sisa wrote that no manifest names (left by a crash). Only names sisa gives its own
+    files count (a sha256 or id-set hash in the name): a user's file is never one of them."""
     manifest = workspace.read_manifest()
     named = {e["file"] for e in manifest["shards"]}
     if manifest.get("test"):
         named.add(manifest["test"]["file"])
-    orphans = [p for p in workspace.shards_dir.glob("*.parquet") if p.name not in named]
     live = {r["file"] for r in workspace.read_checkpoints_manifest()["checkpoints"]}
-    orphans += [p for p in workspace.checkpoints_dir.glob("shard-*/*.pt")
-                if str(p.relative_to(workspace.checkpoints_dir)) not in live]
-    # temporary files of writes a crash interrupted
-    orphans += list(workspace.shards_dir.glob(".*.tmp-*")) + list(workspace.checkpoints_dir.rglob(".*.tmp-*"))
+    orphans = [p for p in _files(workspace.shards_dir)
+               if (_DATA_NAME.fullmatch(p.name) and p.name not in named) or _TEMP_NAME.fullmatch(p.name)]
+    if workspace.checkpoints_dir.is_dir() and not workspace.checkpoints_dir.is_symlink():
+        orphans += [p for p in _files(workspace.checkpoints_dir) if _TEMP_NAME.fullmatch(p.name)]
+        for folder in workspace.checkpoints_dir.iterdir():
+            if _SHARD_FOLDER.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink():
+                orphans += [p for p in _files(folder)
+                            if (_CHECKPOINT_NAME.fullmatch(p.name) and f"{folder.name}/{p.name}" not in live)
+                            or _TEMP_NAME.fullmatch(p.name)]
     return sorted(orphans)
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return [p for p in folder.iterdir() if p.is_file() or p.is_symlink()]

@@ -90,3 +90,9 @@ def edit_manifest(path: Path, change) -> None:
     obj = json.loads(path.read_text())
     change(obj)
     Workspace(path.parent.parent).write_json(path, obj)
+
+
+def holdout_file(workdir) -> Path:
+    """The workspace's test-rows file (its name carries its sha256)."""
+    manifest = json.loads((Path(workdir) / "shards" / "manifest.json").read_text())
+    return Path(workdir) / "shards" / manifest["test"]["file"]

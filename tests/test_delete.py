@@ -20,7 +20,7 @@ from sisa.settings import Settings
 from sisa.store import Workspace
 from sisa.unlearn import delete
 
-from conftest import edit_manifest, make_table, run_cli, tree
+from conftest import edit_manifest, make_table, run_cli, holdout_file, tree
 
 SETTINGS = Settings(shards=3, slices=4, epochs=4, batch_size=32)
 
@@ -135,8 +135,15 @@ def test_only_affected_shards_and_later_slices_are_touched(base, tmp_path):
     before = records(ws.root)
     stats = {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
              for p in ws.checkpoints_dir.rglob("*.pt")}
+    per_slice = [sum(1 for v in layout.values() if v == (1, r)) for r in range(SETTINGS.slices)]
     result = delete(ws, [target])
-    assert result["retrained"] == [{"shard": 1, "from_slice": 2, "samples": result["retrained"][0]["samples"]}]
+    # slices 2 and 3 retrain, on the rows of slices 0..2 (less the deleted one) and 0..3
+    trained = [sum(per_slice[:3]) - 1, sum(per_slice) - 1]
+    epochs = SETTINGS.slice_epochs()
+    assert result["retrained"] == [{"shard": 1, "from_slice": 2, "rows": sum(per_slice) - 1, "slices": 2,
+                                    "samples": sum(trained),
+                                    "sample_passes": trained[0] * epochs[2] + trained[1] * epochs[3]}]
+    assert result["samples_retrained"] == sum(trained) < 2 * sum(per_slice)
     after = records(ws.root)
     for key, (sha, _, name) in before.items():
         path = ws.checkpoints_dir / name
@@ -186,7 +193,7 @@ def test_cli_delete_on_parquet_is_exact(tmp_path):
     flags = ("--shards", "3", "--slices", "3", "--epochs", "3")
     assert run_cli("train", "--data", f"parquet:{tmp_path / 'all.parquet'}", "--workdir", tmp_path / "a",
                    *flags).code == 0
-    test_ids = pq.read_table(tmp_path / "a" / "shards" / "test.parquet").column("id").to_pylist()
+    test_ids = pq.read_table(holdout_file(tmp_path / "a")).column("id").to_pylist()
     train_ids = sorted(set(table.column("id").to_pylist()) - set(test_ids))
     forget = train_ids[::37]
     result = run_cli("delete", "--workdir", tmp_path / "a", "--ids", ",".join(map(str, forget)), "--json")
@@ -260,7 +267,7 @@ def test_ids_file_with_bom_crlf_and_blank_lines(base, tmp_path):
 
 def test_test_rows_of_a_deleted_person_are_purged_too(base, tmp_path):
     ws = copy_of(base, tmp_path)
-    test_id = pq.read_table(ws.shards_dir / "test.parquet").column("id").to_pylist()[0]
+    test_id = pq.read_table(holdout_file(ws.root)).column("id").to_pylist()[0]
     result = run_cli("delete", "--workdir", ws.root, "--ids", str(test_id), "--json")
     assert result.code == 0 and result.json["deleted_from_test"] == [test_id]
     assert result.json["retrained"] == []
@@ -349,11 +356,15 @@ def test_string_ids_and_a_numerics_warning(tmp_path):
     assert run_cli("train", "--data", f"parquet:{tmp_path / 's.parquet'}", "--workdir", ws,
                    "--shards", "2", "--slices", "2", "--epochs", "2").code == 0
     train_ids = [i for i in table.column("id").to_pylist()
-                 if i not in pq.read_table(ws / "shards" / "test.parquet").column("id").to_pylist()]
+                 if i not in pq.read_table(holdout_file(ws)).column("id").to_pylist()]
     result = run_cli("delete", "--workdir", ws, "--ids", f"{train_ids[0]},{train_ids[1]}", "--json")
     assert result.code == 0 and sorted(result.json["deleted"]) == sorted(train_ids[:2])
     assert "warning" not in result.err
-    edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m["environment"].update(cpu_capability="AVX512"))
+    # "another machine": a CPU capability other than the one torch uses here, whatever that is
+    # (torch spells them "DEFAULT", "AVX2", "AVX512", ...)
+    current = torch.backends.cpu.get_cpu_capability()
+    other = "DEFAULT" if current.upper() != "DEFAULT" else "AVX2"
+    edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m["environment"].update(cpu_capability=other))
     warned = run_cli("delete", "--workdir", ws, "--ids", train_ids[2])
     assert warned.code == 0 and "warning: numerics differ" in warned.err
     refused = run_cli("audit", "--workdir", ws, "--replay", "--json")

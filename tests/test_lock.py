@@ -1,7 +1,9 @@
 """One writer at a time: concurrent sisa processes never lose or mix up a deletion."""
 
+import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -12,7 +14,9 @@ import pytest
 
 from sisa.api import train_workspace
 from sisa.data import load
+from sisa.errors import SisaError
 from sisa.ledger import Ledger
+from sisa.lock import WAIT, lock_path, workspace_lock
 from sisa.settings import Settings
 from sisa.store import Workspace
 
@@ -21,11 +25,11 @@ from conftest import make_table, run_cli, tree
 SETTINGS = Settings(shards=4, slices=2, epochs=2, batch_size=32)
 
 HOLD = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDONLY)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+import sys, time
+from sisa.lock import workspace_lock
+with workspace_lock(sys.argv[1], exclusive=True):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
 """
 
 
@@ -103,3 +107,91 @@ def test_four_processes_deleting_at_once_lose_nothing(trained, tmp_path):
 
     assert checkpoint_shas(tmp_path / "ws") == checkpoint_shas(tmp_path / "fresh")
     assert run_cli("audit", "--workdir", tmp_path / "ws", "--replay").code == 0
+
+
+def test_a_wait_times_out_naming_the_holder(tmp_path, monkeypatch):
+    (tmp_path / "ws").mkdir()
+    proc = holder(tmp_path / "ws", 30)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(SisaError) as info:
+            with workspace_lock(tmp_path / "ws", exclusive=True, timeout=0.5):
+                pass
+        print("timeout parameter:", info.value)
+        assert time.perf_counter() - started < 10
+        assert f"pid {proc.pid}" in str(info.value) and "0.5 s" in str(info.value)
+        # the environment sets the default wait of every command
+        monkeypatch.setenv("SISA_LOCK_TIMEOUT", "0.5")
+        result = run_cli("status", "--workdir", tmp_path / "ws")
+        print("SISA_LOCK_TIMEOUT:", result.code, result.err)
+        assert result.code == 1 and f"pid {proc.pid}" in result.err
+        assert "waiting for another sisa process" in result.err
+        # --no-wait names the holder too
+        monkeypatch.delenv("SISA_LOCK_TIMEOUT")
+        busy = run_cli("status", "--workdir", tmp_path / "ws", "--no-wait")
+        assert busy.code == 1 and "in use by another sisa process" in busy.err and f"pid {proc.pid}" in busy.err
+        monkeypatch.setenv("SISA_LOCK_TIMEOUT", "soon")
+        bad = run_cli("status", "--workdir", tmp_path / "ws")
+        assert bad.code == 1 and "SISA_LOCK_TIMEOUT" in bad.err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_is_a_private_file_and_a_new_folder_gets_one(tmp_path):
+    ws = tmp_path / "new" / "ws"
+    with workspace_lock(ws, exclusive=True):  # what train does with a folder that does not exist yet
+        st = os.lstat(lock_path(ws))
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert lock_path(ws).parent == ws
+    with workspace_lock(tmp_path / "absent", exclusive=False):  # a reader creates nothing
+        pass
+    assert not (tmp_path / "absent").exists()
+
+
+def test_locks_stay_re_entrant_within_a_process(tmp_path):
+    token = WAIT.set(False)
+    try:
+        with workspace_lock(tmp_path, exclusive=True):
+            with workspace_lock(tmp_path, exclusive=True), workspace_lock(tmp_path, exclusive=False):
+                pass
+        with workspace_lock(tmp_path, exclusive=False):
+            with workspace_lock(tmp_path, exclusive=False):
+                pass
+            with pytest.raises(RuntimeError, match="cannot be upgraded"):
+                with workspace_lock(tmp_path, exclusive=True):
+                    pass
+        with workspace_lock(tmp_path, exclusive=True):  # every one was released
+            pass
+    finally:
+        WAIT.reset(token)
+
+
+def test_a_symlinked_or_open_lock_file_is_refused_or_closed(tmp_path):
+    (tmp_path / "elsewhere").touch()
+    lock_path(tmp_path).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SisaError, match="not a regular file"):
+        with workspace_lock(tmp_path, exclusive=True):
+            pass
+    lock_path(tmp_path).unlink()
+    lock_path(tmp_path).touch(mode=0o644)
+    os.chmod(lock_path(tmp_path), 0o644)  # made by some copy tool: other users could open it
+    with workspace_lock(tmp_path, exclusive=False):
+        pass
+    assert stat.S_IMODE(os.lstat(lock_path(tmp_path)).st_mode) == 0o600
+
+
+def test_a_reader_of_a_read_only_folder_proceeds_without_a_lock(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):  # what a read-only mount answers
+        if str(path) == str(lock_path(tmp_path.resolve())) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with workspace_lock(tmp_path, exclusive=False):
+        pass
+    with pytest.raises(OSError):
+        with workspace_lock(tmp_path, exclusive=True):
+            pass

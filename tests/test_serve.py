@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +28,10 @@ def sisa(*argv, env=None, **kwargs) -> subprocess.CompletedProcess:
 
 
 class ServerProcess:
-    def __init__(self, workdir: Path, env=None) -> None:
+    def __init__(self, workdir: Path, env=None, cwd=None) -> None:
         self.workdir = workdir
         self.proc = subprocess.Popen([sys.executable, "-m", "sisa", "serve", "--workdir", str(workdir)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         deadline = time.monotonic() + 60
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -76,7 +79,7 @@ def test_forwarded_deletions_are_exact_and_print_what_the_command_prints(workspa
         assert (ws / "serve.sock").stat().st_mode & 0o777 == 0o600
         first = sisa("delete", "--workdir", ws, "--ids", ids[3])
         assert first.returncode == 0, first.stderr
-        assert first.stdout.startswith("deleted 1 id(s) in ") and "retrained from slice" in first.stdout
+        assert re.match(r"deleted 1 (of 1 )?id\(s\)", first.stdout) and "retrained from slice" in first.stdout
         assert "slice" in first.stderr  # the retraining progress reaches the client as it happens
         # relative paths are the client's: an ids file next to the client, --workdir relative too
         (tmp_path / "ids.txt").write_text(f"{ids[10]}\n{ids[40]}\n")
@@ -201,3 +204,129 @@ def test_peer_uid_reads_the_other_end(tmp_path):
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert peer_uid(a) == os.getuid()
+
+
+def test_the_server_log_names_counts_not_ids(workspace):
+    tmp_path, _ = workspace
+    ws = tmp_path / "ws"
+    ids = train_ids(ws)
+    (tmp_path / "ids.txt").write_text(f"{ids[20]}\n{ids[21]}\n{ids[22]}\n")
+    server = ServerProcess(ws)
+    try:
+        assert sisa("delete", "--workdir", ws, "--ids", f"{ids[3]},{ids[4]}", "--ids", ids[5]).returncode == 0
+        assert sisa("delete", "--workdir", ws, "--ids-file", tmp_path / "ids.txt").returncode == 0
+        unknown = sisa("delete", "--workdir", ws, "--ids", "987654321")
+        assert unknown.returncode == 1 and "987654321" in unknown.stderr  # the client is told which
+    finally:
+        code, _, log = server.stop()
+    print(log)
+    assert code == 0
+    for ident in [*ids, 987654321]:
+        assert not re.search(rf"\b{ident}\b", log), f"id {ident} is in the server log"
+    assert "ids.txt" not in log
+    requests = [line for line in log.splitlines() if "-> exit" in line]
+    assert len(requests) == 3, log
+    assert "request 1: delete, 3 id(s)" in requests[0] and "-> exit 0" in requests[0]
+    assert "request 2: delete, 1 --ids-file" in requests[1] and "-> exit 0" in requests[1]
+    assert "request 3: delete, 1 id(s)" in requests[2] and "-> exit 1" in requests[2]
+    assert all(re.search(r"in \d+\.\d\d s$", line) for line in requests)
+
+
+def test_the_server_keeps_serving_when_its_start_folder_is_removed(workspace):
+    tmp_path, _ = workspace
+    ws = tmp_path / "ws"
+    ids = train_ids(ws)
+    (tmp_path / "start").mkdir()
+    server = ServerProcess(ws, cwd=tmp_path / "start")
+    try:
+        (tmp_path / "start").rmdir()
+        for ident in ids[:2]:
+            result = sisa("delete", "--workdir", ws, "--ids", ident)
+            print(result.returncode, result.stderr)
+            assert result.returncode == 0 and result.stdout.startswith("deleted 1 "), result.stderr
+        assert server.answers()
+    finally:
+        code, _, log = server.stop()
+    assert code == 0 and log.count("-> exit 0") == 2, log
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+class FakeServer:
+    """A server that records what it is sent and answers every request with success."""
+
+    def __init__(self, path: Path, mode: int = 0o600) -> None:
+        self.received: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        os.chmod(path, mode)
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.done = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    self.received.append(conn.makefile("rb").readline())
+                    conn.sendall(json.dumps({"exit": 0, "stdout": "deleted 1 id(s) in 0.01 s\n"}).encode() + b"\n")
+
+    def close(self) -> None:
+        self.done = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("plant", ["open-mode", "symlink", "not-a-socket"])
+def test_the_client_refuses_a_socket_it_cannot_trust(tmp_path, capsys, plant):
+    from sisa.serve import forward
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    fake = None
+    if plant == "open-mode":  # anyone could connect to, or have bound, this one
+        fake = FakeServer(ws / "serve.sock", mode=0o666)
+    elif plant == "symlink":  # the socket of some other program, or of another workspace
+        (tmp_path / "other").mkdir()
+        fake = FakeServer(tmp_path / "other" / "real.sock")
+        (ws / "serve.sock").symlink_to(tmp_path / "other" / "real.sock")
+    else:
+        (ws / "serve.sock").write_text("")
+    try:
+        status = forward(ws, ["delete", "--workdir", str(ws), "--ids", "4242"])
+    finally:
+        if fake is not None:
+            fake.close()
+    out, err = capsys.readouterr()
+    print(status, repr(out), repr(err), fake.received if fake else None)
+    assert status == 1 and out == ""
+    assert f"refusing to forward to {ws / 'serve.sock'}" in err
+    assert {"open-mode": "mode 0o666", "symlink": "symbolic link", "not-a-socket": "not a socket"}[plant] in err
+    assert fake is None or fake.received == []
+
+
+def test_the_client_forwards_to_its_own_server_with_a_long_path(tmp_path, capsys):
+    from sisa.serve import forward
+
+    ws = tmp_path / ("w" * 60) / ("s" * 60)  # longer than an AF_UNIX address
+    ws.mkdir(parents=True)
+    before = os.getcwd()
+    os.chdir(ws.parent)
+    try:
+        fake = FakeServer(Path(ws.name) / "serve.sock")
+    finally:
+        os.chdir(before)
+    try:
+        status = forward(ws, ["delete", "--workdir", str(ws), "--ids", "4242"])
+    finally:
+        fake.close()
+    out, err = capsys.readouterr()
+    assert status == 0 and out.startswith("deleted 1 id(s)"), err
+    assert json.loads(fake.received[0])["argv"][-1] == "4242"
+    assert os.getcwd() == before

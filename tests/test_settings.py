@@ -21,16 +21,29 @@ def test_invalid_settings_name_the_problem(change, message):
         Settings(**change)
 
 
-@pytest.mark.parametrize("slices, epochs", [(1, 10), (2, 7), (4, 30), (5, 3), (8, 10), (50, 20)])
+@pytest.mark.parametrize("slices, epochs", [(1, 10), (2, 7), (4, 30), (5, 3), (8, 10), (8, 5)])
 def test_recalibrated_epochs_follow_sisa(slices, epochs):
+    """Where SISA's recalibration gives every slice an epoch (e' = 2Re/(R+1) >= R), sisa
+    follows it exactly."""
     per_slice = Settings(slices=slices, epochs=epochs).slice_epochs()
     total = 2 * slices * epochs / (slices + 1)
+    assert total >= slices
     assert len(per_slice) == slices
-    assert all(e >= 0 for e in per_slice)
     assert sum(per_slice) == int(round(total, 9))
     # the sample-passes of the sliced shard match an unsliced shard's epochs * D, up to rounding
     passes = sum((i + 1) / slices * e for i, e in enumerate(per_slice))
     assert abs(passes - epochs) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("slices, epochs", [(4, 1), (50, 5), (50, 20), (20, 1), (9, 4)])
+def test_every_slice_trains_at_least_one_epoch(slices, epochs):
+    """Recalibration alone would give some slices 0 epochs when e' < R ([0, 0, 1, 0] for R = 4,
+    e = 1): their rows would never be trained on. Each slice gets at least one."""
+    per_slice = Settings(slices=slices, epochs=epochs).slice_epochs()
+    total = 2 * slices * epochs / (slices + 1)
+    assert total < slices
+    assert min(per_slice) == 1 and len(per_slice) == slices
+    assert sum(per_slice) == slices  # the floor of one epoch per slice, and no more
 
 
 def test_uniform_schedule_and_round_trip():

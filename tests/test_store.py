@@ -1,6 +1,7 @@
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from sisa.errors import SisaError
 from sisa.store import Workspace, atomic_write, ids_digest, sha256_bytes
+
+SECRET = b"someone else's file\n"
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -35,6 +38,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
 
         monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k:
                             Full(p, "w") if "w" in mode else real_open(p, mode, *a, **k))
+        monkeypatch.setattr(os, "write", boom)
     else:
         monkeypatch.setattr(os, fail_at, boom)
     with pytest.raises(OSError, match="No space left"):
@@ -95,3 +99,86 @@ def test_ids_digest_is_a_set_hash():
     assert ids_digest([1, 2, 3]) == ids_digest([3, 2, 1])
     assert ids_digest([1, 2]) != ids_digest(["1", "2"])
     assert ids_digest(["a", "bc"]) != ids_digest(["ab", "c"])
+
+
+# -- a hostile file system (issue 14)
+
+
+@pytest.fixture
+def victim(tmp_path):
+    path = tmp_path / "victim"
+    path.write_bytes(SECRET)
+    path.chmod(0o600)
+    return path
+
+
+def test_os_replace_replaces_a_link_itself_never_its_target(tmp_path, victim):
+    """What atomic_write relies on: rename() swaps the directory entry, a link included."""
+    link, new = tmp_path / "link", tmp_path / "new"
+    link.symlink_to(victim)
+    new.write_bytes(b"new")
+    os.replace(new, link)
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert victim.read_bytes() == SECRET
+
+
+def test_atomic_write_never_writes_through_a_planted_temporary_name(tmp_path, victim):
+    path = tmp_path / "ws" / "manifest.json"
+    path.parent.mkdir()
+    for pid in range(max(2, os.getpid() - 5), os.getpid() + 5):
+        (path.parent / f".manifest.json.tmp-{pid}").symlink_to(victim)
+    atomic_write(path, b"{}")
+    assert victim.read_bytes() == SECRET
+    assert not path.is_symlink() and path.read_bytes() == b"{}"
+    leftovers = [p.name for p in path.parent.iterdir() if not p.is_symlink() and p != path]
+    assert leftovers == []
+
+
+def test_atomic_write_refuses_a_link_at_the_destination(tmp_path, victim):
+    path = tmp_path / "manifest.json"
+    path.symlink_to(victim)
+    with pytest.raises(SisaError, match="manifest.json.*symbolic link"):
+        atomic_write(path, b"{}")
+    assert victim.read_bytes() == SECRET and path.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "victim"]
+
+
+def test_atomic_write_makes_private_files_and_folders(tmp_path, monkeypatch):
+    monkeypatch.delenv("SISA_FILE_MODE", raising=False)
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new" / "deeper" / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "deeper" / "f.bin").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "new" / "deeper").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+
+
+def test_workspace_writes_never_follow_a_linked_folder(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ws.checkpoints_dir.mkdir(parents=True)
+    (ws.checkpoints_dir / "shard-000").symlink_to(outside)
+    with pytest.raises(SisaError, match="shard-000.*symbolic link"):
+        ws.write_checkpoint(ws.checkpoint_name(0, 0, "ab" * 32), {"w": torch.zeros(2)})
+    assert list(outside.iterdir()) == []
+    ws.shards_dir.symlink_to(outside)
+    with pytest.raises(SisaError, match="shards.*symbolic link"):
+        ws.write_data_file("test.parquet", b"rows")
+    assert list(outside.iterdir()) == []
+
+
+def test_workspace_reads_never_follow_a_link(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    name = ws.checkpoint_name(0, 0, "ab" * 32)
+    sha = ws.write_checkpoint(name, {"w": torch.zeros(2)})
+    record = {"file": name, "sha256": sha, "shard": 0, "slice": 0}
+    real = ws.checkpoints_dir / name
+    elsewhere = tmp_path / "elsewhere.pt"
+    os.rename(real, elsewhere)
+    real.symlink_to(elsewhere)  # same bytes, so only the link itself is wrong
+    with pytest.raises(SisaError, match="symbolic link"):
+        ws.load_checkpoint(record)
+    assert not ws.verify_checkpoint(record)

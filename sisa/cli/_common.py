@@ -105,7 +105,7 @@ def executor_from(args: argparse.Namespace):
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     """Print ``result`` as JSON with --json, else the human ``text``."""
     if args.json:
-        json.dump(result, sys.stdout, sort_keys=True)
+        json.dump({"ok": True, **result}, sys.stdout, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print(text)
@@ -125,8 +125,8 @@ def recover_first(workdir: str, executor=None) -> None:
     from sisa.unlearn import complete_pending
 
     workspace = Workspace(workdir)
-    workspace.read_manifest()
     shards = complete_pending(workspace, executor=executor, progress=retrain_progress)
+    workspace.read_manifest()
     if shards:
         info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")
 

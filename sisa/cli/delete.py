@@ -17,43 +17,49 @@ def split_ids(text: str) -> list[str]:
 
 
 def read_ids(args: argparse.Namespace, id_col: str) -> list[str]:
-    """Ids as text from --ids and --ids-file (lines, or a CSV/Parquet id column)."""
-    raw: list[str] = []
-    if args.ids is not None:
-        raw += split_ids(args.ids)
-    if args.ids_file is not None:
-        path = Path(args.ids_file)
-        if not path.is_file():
-            raise SisaError(f"--ids-file {path}: no such file")
-        suffix = path.suffix.lower()
-        if suffix in (".csv", ".parquet", ".pq"):
-            import pyarrow as pa
-            import pyarrow.csv as pcsv
-            import pyarrow.parquet as pq
+    """Ids as text from every --ids and every --ids-file (lines, or a CSV/Parquet id column).
 
-            try:
-                table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                    column_types={id_col: pa.string()})) if suffix == ".csv" else pq.read_table(path)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise SisaError(f"cannot read --ids-file {path}: {exc}") from None
-            if id_col not in table.column_names:
-                raise SisaError(f"--ids-file {path} has no id column {id_col!r} "
-                                f"(columns: {', '.join(table.column_names)})")
-            column = table.column(id_col)
-            if column.null_count:
-                raise SisaError(f"--ids-file {path}: id column {id_col!r} has {column.null_count} missing values")
-            raw += [str(v) for v in column.to_pylist()]
-        else:
-            try:
-                text = path.read_bytes().decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise SisaError(f"--ids-file {path} is not UTF-8 text: {exc}") from None
-            raw += [line.strip() for line in text.splitlines() if line.strip()]
-    if args.ids is None and args.ids_file is None:
+    Repeated flags add up: a pipeline that builds one flag per request forgets every person
+    it names, not only the last one.
+    """
+    raw: list[str] = []
+    for text in args.ids or []:
+        raw += split_ids(text)
+    for name in args.ids_file or []:
+        raw += _ids_from_file(Path(name), id_col)
+    if not args.ids and not args.ids_file:
         raise SisaError("name the ids to delete with --ids 3,17,42 or --ids-file PATH")
     if not raw:
         raise SisaError("no ids given")
     return raw
+
+
+def _ids_from_file(path: Path, id_col: str) -> list[str]:
+    if not path.is_file():
+        raise SisaError(f"--ids-file {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        try:
+            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                column_types={id_col: pa.string()})) if suffix == ".csv" else pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SisaError(f"cannot read --ids-file {path}: {exc}") from None
+        if id_col not in table.column_names:
+            raise SisaError(f"--ids-file {path} has no id column {id_col!r} "
+                            f"(columns: {', '.join(table.column_names)})")
+        column = table.column(id_col)
+        if column.null_count:
+            raise SisaError(f"--ids-file {path}: id column {id_col!r} has {column.null_count} missing values")
+        return [str(v) for v in column.to_pylist()]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SisaError(f"--ids-file {path} is not UTF-8 text: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class Delete:
@@ -62,9 +68,11 @@ class Delete:
                            description="Delete training rows by id: the affected shards roll back "
                                        "to the checkpoint before the earliest affected slice and "
                                        "retrain without the rows, which are purged from disk.")
-        p.add_argument("--ids", metavar="ID,ID,...", help="comma-separated ids")
-        p.add_argument("--ids-file", metavar="PATH",
-                       help="one id per line, or a .csv/.parquet file with the id column")
+        p.add_argument("--ids", metavar="ID,ID,...", action="append",
+                       help="comma-separated ids; repeat the flag to add more")
+        p.add_argument("--ids-file", metavar="PATH", action="append",
+                       help="one id per line, or a .csv/.parquet file with the id column; repeat "
+                            "the flag to add more (ids of every --ids and --ids-file are deleted)")
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         p.add_argument("--ignore-missing", action="store_true",
                        help="skip ids that are not in the training data instead of failing")
@@ -81,10 +89,11 @@ class Delete:
         workspace = Workspace(args.workdir)
         manifest = workspace.read_manifest()
         ids = parse_ids(read_ids(args, manifest["data"].get("id_col", "id")), manifest["data"]["id_kind"])
+        asked = len(dict.fromkeys(ids))
         if args.dry_run:
             plan = plan_deletion(workspace, ids, ignore_missing=args.ignore_missing)
             result = dict(plan.to_dict(), dry_run=True)
-            lines = [f"would delete {len(plan.ids)} id(s); nothing was changed"]
+            lines = [f"would delete {len(plan.ids)} of {asked} id(s) asked for; nothing was changed"]
             lines += [f"  shard {r['shard']}: retrain from slice {r['from_slice']} ({r['samples']} samples)"
                       for r in result["retrained"]]
             lines.append(f"estimated retraining time: {fmt_seconds(plan.estimate_seconds)}")
@@ -93,17 +102,25 @@ class Delete:
             executor = executor_from(args)
             result = delete(workspace, ids, ignore_missing=args.ignore_missing, executor=executor,
                             progress=retrain_progress)
-            lines = [f"deleted {len(result['deleted'])} id(s) in {fmt_seconds(result['seconds'])}"]
+            lines = [f"deleted {len(result['deleted'])} of {asked} id(s) asked for in "
+                     f"{fmt_seconds(result['seconds'])}"]
             lines += [f"  shard {r['shard']}: retrained from slice {r['from_slice']} ({r['samples']} samples)"
                       for r in result["retrained"]]
+        result["requested"] = asked
         if result["deleted_from_test"]:
-            lines.append(f"removed from the test rows: {', '.join(map(str, result['deleted_from_test']))}")
+            lines.append(f"removed from the test rows: {preview(result['deleted_from_test'])}")
         if result["already_deleted"]:
-            lines.append(f"already deleted (nothing to do): {', '.join(map(str, result['already_deleted']))}")
+            lines.append(f"already deleted (nothing to do): {preview(result['already_deleted'])}")
         if result["missing"]:
-            lines.append(f"not in the training data (ignored): {', '.join(map(str, result['missing']))}")
+            lines.append(f"not in the training data (ignored): {preview(result['missing'])}")
         emit(args, result, "\n".join(lines))
         return 0
+
+
+def preview(values: list, limit: int = 10) -> str:
+    """At most ``limit`` ids, then how many more: a million-id request prints one line."""
+    shown = ", ".join(map(str, values[:limit]))
+    return shown + (f" ... and {len(values) - limit} more ({len(values)} in all)" if len(values) > limit else "")
 
 
 def warn_if_numerics_differ(workspace) -> None:
@@ -133,8 +150,8 @@ class Recover:
         from sisa.unlearn import complete_pending
 
         workspace = Workspace(args.workdir)
-        workspace.read_manifest()
         shards = complete_pending(workspace, executor=executor_from(args), progress=retrain_progress)
+        workspace.read_manifest()
         emit(args, {"retrained_shards": shards},
              f"retrained shard(s) {', '.join(map(str, shards))}" if shards else "nothing to recover")
         return 0
@@ -146,7 +163,8 @@ class Audit:
                            description="Check that no live checkpoint or shard file holds or was "
                                        "trained on a deleted id, and that every file matches its "
                                        "sha256. Exits 1 when a problem is found.")
-        p.add_argument("--ids", metavar="ID,ID,...", help="check these ids (default: every deleted id)")
+        p.add_argument("--ids", metavar="ID,ID,...", action="append",
+                       help="check these ids (default: every deleted id); repeat to add more")
         p.add_argument("--replay", action="store_true",
                        help="also retrain the affected shards from scratch and compare bit for bit")
         add_common(p)
@@ -162,7 +180,7 @@ class Audit:
         recover_first(args.workdir)
         ids = None
         if args.ids is not None:
-            ids = parse_ids(split_ids(args.ids), manifest["data"]["id_kind"])
+            ids = parse_ids([i for text in args.ids for i in split_ids(text)], manifest["data"]["id_kind"])
         result = audit(workspace, ids, replay=args.replay)
         if result["ok"]:
             text = (f"audit passed: {result['checked_ids']} deleted id(s) absent from every shard file and "

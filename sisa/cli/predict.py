@@ -69,7 +69,7 @@ class Predict:
                 data_bytes = _csv_bytes(table)
             else:
                 raise SisaError(f"--output {path}: use a .csv, .parquet or .json file name")
-            atomic_write(path, data_bytes)
+            atomic_write(path, data_bytes, private=False)  # the user's file: the umask decides
             info(f"wrote {len(ids)} predictions to {path}")
             if args.json:
                 json.dump({"output": str(path), "rows": len(ids)}, sys.stdout)

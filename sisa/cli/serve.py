@@ -13,7 +13,10 @@ class Serve:
                                        "sends its command line here (same code, lock, ledger, "
                                        "output and exit status, without ~3.5 s of start-up per "
                                        "request). Runs until Ctrl-C or SIGTERM, which let the "
-                                       "request being served finish.")
+                                       "request being served finish. Its log names each request "
+                                       "by number, command, count of ids, exit status and "
+                                       "seconds, never the ids; clients forward only to a "
+                                       "socket of their own user.")
         p.add_argument("--workdir", default=".", metavar="DIR",
                        help="workspace folder holding shards/ and checkpoints/ (default: .)")
         p.set_defaults(func=self._cmd, json=False, no_wait=False)

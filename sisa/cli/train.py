@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sisa.errors import SisaError
 from sisa.cli._common import (add_common, add_data_args, add_executor_args, add_settings_args,
                               dataset_and_settings, emit, executor_from, fmt_seconds, info)
 
@@ -16,7 +17,13 @@ class Train:
                                        "shard, keeping a checkpoint after each slice.")
         add_data_args(p)
         add_settings_args(p)
-        p.add_argument("--force", action="store_true", help="replace an existing workspace")
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing workspace; the new one is built beside it and swapped "
+                            "in when complete, and its deletion ledger carries over: ids deleted earlier "
+                            "are not trained on again")
+        p.add_argument("--discard-deletions", action="store_true",
+                       help="with --force: throw the deletion ledger away and train on every row of the "
+                            "data again, including people deleted earlier (they are no longer forgotten)")
         add_executor_args(p)
         add_common(p)
         p.set_defaults(func=self._cmd)
@@ -31,11 +38,20 @@ class Train:
             info(f"shard {record['shard']} slice {record['slice']}: {record['samples']} samples, "
                  f"{record['epochs']} epochs, {fmt_seconds(record['seconds'])}")
 
+        if args.discard_deletions and not args.force:
+            raise SisaError("--discard-deletions only applies with --force (replacing a workspace)")
         summary = train_workspace(
             args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
             source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
-                    "test_fraction": args.test_fraction})
-        lines = [f"trained {settings.shards} shards x {settings.slices} slices of {settings.model} on "
+                    "test_fraction": args.test_fraction},
+            discard_deletions=args.discard_deletions)
+        lines = []
+        if summary["excluded_deleted"]:
+            lines.append(f"{summary['excluded_deleted']} rows excluded: deleted earlier (the deletion "
+                         f"ledger carries over)")
+        if args.discard_deletions:
+            lines.append("the deletion ledger was discarded: rows deleted earlier were trained on again")
+        lines += [f"trained {settings.shards} shards x {settings.slices} slices of {settings.model} on "
                  f"{dataset.spec}: {summary['n_train']} samples in {fmt_seconds(summary['seconds'])}"]
         if "accuracy" in summary:
             shard_acc = summary["shard_accuracy"]
