@@ -28,6 +28,7 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
+from sisa.settings import DATASET_DEFAULTS
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -223,7 +224,7 @@ def _digits(arg: Optional[str], options: LoadOptions) -> Dataset:
     X = images.astype(np.uint8).reshape(-1, 1, 8, 8)  # pixel values 0..16
     ids = np.arange(len(X), dtype=np.int64)
     return Dataset("digits", Table(ids, X, target.astype(np.int64)), None, (1, 8, 8),
-                   list(range(10)), scale=1 / 16, defaults={"model": "mlp"})
+                   list(range(10)), scale=1 / 16, defaults=dict(DATASET_DEFAULTS["digits"]))
 
 
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -305,13 +306,9 @@ def _find_idx(directory: Path, tv_class: str) -> Optional[dict[str, Path]]:
     return None
 
 
-# Fashion-MNIST's lr: at S = 8, R = 4 (cnn, 5 epochs) Adam at 3e-3 lifted the ensemble from
-# 0.8751 to 0.8927 and the monolithic model from 0.9089 to 0.9120, against 1e-3
-# (benchmarks/results/tuning-fashion-mnist-cnn.md); the mlp ensemble gained 0.7 points too.
 SOURCES.register("fashion-mnist")(_idx_source(
-    "fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist",
-    {"model": "cnn", "epochs": 5, "batch_size": 64, "lr": 3e-3}))
-SOURCES.register("mnist")(_idx_source("mnist", "MNIST", None, {"model": "cnn", "epochs": 5, "batch_size": 64}))
+    "fashion-mnist", "FashionMNIST", "/usr/share/datasets/fashion-mnist", DATASET_DEFAULTS["fashion-mnist"]))
+SOURCES.register("mnist")(_idx_source("mnist", "MNIST", None, DATASET_DEFAULTS["mnist"]))
 
 
 @SOURCES.register("cifar10")
@@ -343,7 +340,7 @@ def _cifar10(arg: Optional[str], options: LoadOptions) -> Dataset:
                         f"(cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin, test_batch.bin) "
                         f"or the Python version (cifar-10-batches-py/) there and pass --data cifar10:{directory}")
     return Dataset("cifar10", train, test, (3, 32, 32), list(range(10)), scale=1 / 255,
-                   defaults={"model": "cnn", "epochs": 10, "batch_size": 64})
+                   defaults=dict(DATASET_DEFAULTS["cifar10"]))
 
 
 def _read_cifar_bin(paths: Sequence[Path], first_id: int = 0) -> Table:
@@ -383,7 +380,7 @@ def _table_dataset(kind: str, path: Optional[str], options: LoadOptions) -> Data
         raise SisaError(f"label column {options.label_col!r} in {path} mixes numbers and text")
     classes = sorted({_plain(v) for v in labels})
     return Dataset(f"{kind}:{path}", table, None, (len(names),), classes, scale=1.0,
-                   feature_names=names, defaults={"model": "mlp"})
+                   feature_names=names, defaults=dict(DATASET_DEFAULTS["tables"]))
 
 
 _INT_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -412,6 +409,10 @@ def _read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_la
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
     columns = arrow.schema.names
+    doubled = sorted({c for c in columns if columns.count(c) > 1})
+    if doubled:
+        raise SisaError(f"{what}: column name(s) {_preview(doubled)} appear more than once; give every "
+                        f"column its own name")
     if options.id_col in columns:
         ids = _ids(arrow.column(options.id_col), kind, what, options.id_col)
     elif need_ids:
@@ -474,7 +475,8 @@ def _ids(column, kind: str, what: str, id_col: str) -> np.ndarray:
         ids = raw.astype(np.int64)
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = column.to_pylist()
-        if kind == "csv" and text and all(_INT_TEXT.fullmatch(t) and -2**63 <= int(t) < 2**63 for t in text):
+        if kind == "csv" and text and all(len(t) <= 20 and _INT_TEXT.fullmatch(t) and -2**63 <= int(t) < 2**63
+                                          for t in text):
             ids = np.array([int(t) for t in text], dtype=np.int64)
         else:
             empty = sum(1 for t in text if t == "")

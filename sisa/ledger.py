@@ -80,7 +80,13 @@ class Ledger:
 
     def add_request(self, rows: Iterable[tuple[str, int, int]]) -> int:
         """Record ids (canonical id, shard, slice) as one pending request; durable on return."""
-        rows = list(rows)
+        try:
+            return self._add_request(list(rows))
+        except sqlite3.Error as exc:  # a full disk: the transaction rolled back, nothing changed
+            raise SisaError(f"cannot record the deletion request in {self.path}: {exc}; nothing was "
+                            f"deleted") from None
+
+    def _add_request(self, rows: list[tuple[str, int, int]]) -> int:
         now = _now()
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -93,9 +99,13 @@ class Ledger:
 
     def set_state(self, requests: Iterable[int], state: str) -> None:
         assert state in STATES
-        with self._db:
-            self._db.executemany("UPDATE requests SET state = ?, updated = ? WHERE request = ?",
-                                 [(state, _now(), r) for r in requests])
+        try:
+            with self._db:
+                self._db.executemany("UPDATE requests SET state = ?, updated = ? WHERE request = ?",
+                                     [(state, _now(), r) for r in requests])
+        except sqlite3.Error as exc:  # the requests stay recorded; the next command finishes them
+            raise SisaError(f"cannot update the deletion ledger {self.path}: {exc}; the deletion is "
+                            f"recorded and the next sisa command on the workspace finishes it") from None
 
     def open_requests(self) -> list[int]:
         """Requests not yet committed, oldest first."""

@@ -51,13 +51,22 @@ def assign(ids: Iterable, *, seed: int, shards: int, slices: int) -> Assignment:
     return Assignment(shard, slice_, key)
 
 
+def check_size_limits(n: int, *, shards: int, slices: int) -> None:
+    """Refuse sizes no data this big can fill, before anything is allocated for them
+    (``--slices 1e15`` must be a message, not a 14 PiB allocation)."""
+    if shards > n:
+        raise SisaError(f"more shards than samples: {shards} shards for {n} training rows")
+    if shards * slices > n:
+        raise SisaError(f"more slices than samples in a shard: {shards} shards x {slices} slices need at "
+                        f"least {shards * slices} training rows, and there are {n}; use fewer slices")
+
+
 def check_sizes(assignment: Assignment, *, shards: int, slices: int) -> np.ndarray:
     """Rows per (shard, slice); refuses more shards than rows, or a shard with fewer rows than
     slices. An empty shard (by chance, or after deleting all its rows) has no model. A slice may still be empty by chance (or after deletions): its slice then
     trains on the same rows as the one before."""
     n = len(assignment.shard)
-    if shards > n:
-        raise SisaError(f"more shards than samples: {shards} shards for {n} training rows")
+    check_size_limits(n, shards=shards, slices=slices)
     counts = np.zeros((shards, slices), dtype=np.int64)
     np.add.at(counts, (assignment.shard, assignment.slice), 1)
     for s in range(shards):

@@ -49,7 +49,20 @@ def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: O
             _rebuild_checkpoints_manifest(workspace, settings, actions, reason=str(exc))
         complete_pending(workspace, executor=executor, progress=progress)
         checkpoints = workspace.read_checkpoints_manifest()["checkpoints"]
-        bad = sorted({r["shard"] for r in checkpoints if not workspace.verify_checkpoint(r)})
+        unloadable = [r for r in checkpoints if workspace.verify_checkpoint(r) and not _loads(workspace, r)]
+        bad = sorted({r["shard"] for r in checkpoints if not workspace.verify_checkpoint(r)}
+                     | {r["shard"] for r in unloadable})
+        if unloadable:  # whole by sha256 but not a checkpoint sisa can load: retrain from before it
+            first = {}
+            for r in unloadable:
+                first[r["shard"]] = min(first.get(r["shard"], r["slice"]), r["slice"])
+            checkpoints = [r for r in checkpoints if not (r["shard"] in first and r["slice"] >= first[r["shard"]])]
+            manifest_c = workspace.read_checkpoints_manifest()
+            manifest_c["checkpoints"] = checkpoints
+            workspace.write_json(workspace.checkpoints_manifest_path, manifest_c)
+            for r in unloadable:
+                (workspace.checkpoints_dir / r["file"]).unlink(missing_ok=True)
+                actions.append(f"removed {r['file']}: it matches its sha256 but cannot be loaded as a checkpoint")
         if rebuilt_from_scratch:
             checkpoints = [r for r in checkpoints if r["shard"] not in rebuilt_from_scratch]
             manifest_c = workspace.read_checkpoints_manifest()
@@ -104,6 +117,14 @@ def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[
         _replace(workspace, manifest, manifest["test"], payload, "test", actions, retrain, shard=TEST_SHARD)
     workspace.write_json(workspace.manifest_path, manifest)
     return {s for s in retrain if s != TEST_SHARD}
+
+
+def _loads(workspace: Workspace, record: dict[str, Any]) -> bool:
+    try:
+        counters = workspace.load_checkpoint(record)["counters"]
+        return (counters["shard"], counters["slice"]) == (record["shard"], record["slice"])
+    except (SisaError, KeyError, TypeError):
+        return False
 
 
 def workspace_checkpoints(workspace: Workspace) -> list[dict[str, Any]]:

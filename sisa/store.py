@@ -594,7 +594,13 @@ class Workspace:
         try:
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as exc:  # weights_only refuses anything but tensors and plain containers
-            raise SisaError(f"refusing to load checkpoint {path}: {exc}") from None
+            # torch's own message advises weights_only=False, i.e. running the file's code: keep
+            # only its first line, which says what was refused
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "weights_only" in reason:
+                reason = "it holds objects other than tensors and plain containers"
+            raise SisaError(f"refusing to load checkpoint {path}: {reason}. Never unpickle it; restore it "
+                            f"with 'sisa repair'") from None
 
     def verify_checkpoint(self, record: dict[str, Any]) -> bool:
         return self._sha256(("checkpoints", *record["file"].split("/"))) == record["sha256"]

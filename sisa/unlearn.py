@@ -43,6 +43,9 @@ def parse_ids(raw: Iterable[str], id_kind: str) -> list:
     out = []
     for text in raw:
         if id_kind == "int":
+            if len(text) > 40:  # int() refuses more than 4,300 digits with a traceback
+                raise SisaError(f"id {text[:40]}... ({len(text)} characters) is outside the 64-bit integer "
+                                f"range of this workspace's ids")
             if not _INT.fullmatch(text):
                 raise SisaError(f"id {text[:40]!r} is not an integer, and this workspace's ids are integers")
             if not -2**63 <= int(text) < 2**63:
@@ -50,6 +53,10 @@ def parse_ids(raw: Iterable[str], id_kind: str) -> list:
                                 f"integer range of this workspace's ids")
             out.append(int(text))
         else:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8, passed through by the shell
+                raise SisaError(f"id {text[:40]!r} is not valid UTF-8 text; ids are UTF-8 strings") from None
             out.append(text)
     return out
 

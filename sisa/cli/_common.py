@@ -39,26 +39,32 @@ SETTINGS_FLAGS = ("shards", "slices", "model", "epochs", "batch_size", "lr", "op
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     """The flags of :class:`sisa.settings.Settings` (unset ones fall back to the data's defaults)."""
-    from sisa.settings import DEVICES, EPOCH_SCHEDULES, OPTIMIZERS, SCHEDULERS
+    from sisa.settings import DEVICES, EPOCH_SCHEDULES, OPTIMIZERS, SCHEDULERS, default_for
 
-    group = parser.add_argument_group("training settings")
-    group.add_argument("--shards", type=int, help="number of shards S (default 5)")
-    group.add_argument("--slices", type=int, help="slices per shard R (default 4)")
-    group.add_argument("--model", help="logreg, mlp, cnn or resnet18 (default: mlp for tables "
-                                       "and digits, cnn for the other image datasets)")
-    group.add_argument("--epochs", type=int, help="epochs of an unsliced shard (default 30; "
-                                                  "recalibrated over the slices)")
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-    group.add_argument("--optimizer", choices=OPTIMIZERS)
-    group.add_argument("--weight-decay", type=float)
-    group.add_argument("--scheduler", choices=SCHEDULERS)
-    group.add_argument("--epoch-schedule", choices=EPOCH_SCHEDULES)
-    group.add_argument("--seed", type=int)
-    group.add_argument("--threads", type=int, help="torch threads per shard (default 1); "
-                                                   "changing it changes the trained bits")
-    group.add_argument("--device", choices=DEVICES)
-    group.add_argument("--aggregation", help="mean-proba (default), vote or size-weighted")
+    group = parser.add_argument_group(
+        "training settings", "defaults depend on the data where more than one is shown; an existing "
+        "workspace keeps the settings it was trained with")
+    d = default_for
+    group.add_argument("--shards", type=int, help=f"number of shards S (default {d('shards')})")
+    group.add_argument("--slices", type=int, help=f"slices per shard R (default {d('slices')})")
+    group.add_argument("--model", help=f"logreg, mlp, cnn or resnet18 (default {d('model')})")
+    group.add_argument("--epochs", type=int, help=f"epochs of an unsliced shard, recalibrated over the "
+                                                  f"slices, at least one per slice (default {d('epochs')})")
+    group.add_argument("--batch-size", type=int, help=f"mini-batch size (default {d('batch_size')})")
+    group.add_argument("--lr", type=float, help=f"learning rate (default {d('lr')})")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default {d('optimizer')})")
+    group.add_argument("--weight-decay", type=float, help=f"L2 penalty (default {d('weight_decay')})")
+    group.add_argument("--scheduler", choices=SCHEDULERS,
+                       help=f"learning-rate schedule over a shard's epochs (default {d('scheduler')})")
+    group.add_argument("--epoch-schedule", choices=EPOCH_SCHEDULES,
+                       help=f"recalibrated: SISA's epochs per slice; uniform: every slice trains "
+                            f"--epochs epochs (default {d('epoch_schedule')})")
+    group.add_argument("--seed", type=int, help=f"seeds the partition, initialisation and shuffles "
+                                                f"(default {d('seed')})")
+    group.add_argument("--threads", type=int, help=f"torch threads per shard (default {d('threads')}); "
+                                                   f"changing it changes the trained bits")
+    group.add_argument("--device", choices=DEVICES, help=f"where shards train (default {d('device')})")
+    group.add_argument("--aggregation", help=f"mean-proba, vote or size-weighted (default {d('aggregation')})")
     group.add_argument("--vectorise", type=int, metavar="G",
                        help="train G shards at once as one vectorised model (torch.func), for GPUs "
                             "that one small model leaves idle (default 1); changes the trained bits")

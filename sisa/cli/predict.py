@@ -56,6 +56,7 @@ class Predict:
         table = _table(ids, labels, classes, proba)
         if args.output:
             path = Path(args.output)
+            _refuse_workspace_path(path, Path(args.workdir))
             suffix = path.suffix.lower()
             if suffix == ".json":
                 data_bytes = json.dumps(result).encode()
@@ -77,6 +78,17 @@ class Predict:
         else:
             sys.stdout.write(_csv_bytes(table).decode())
         return 0
+
+
+def _refuse_workspace_path(path: Path, workdir: Path) -> None:
+    """Predictions never overwrite what sisa keeps (a manifest, a shard, the ledger)."""
+    target = path.resolve()
+    for folder in (workdir / "shards", workdir / "checkpoints"):
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            raise SisaError(f"--output {path} is inside the workspace's {folder.name}/ folder, which holds "
+                            f"sisa's own files; write the predictions somewhere else")
+    if target.parent == workdir.resolve() and target.name.startswith(".sisa"):
+        raise SisaError(f"--output {path} would overwrite one of sisa's files; write it somewhere else")
 
 
 def _table(ids, labels, classes, proba):
