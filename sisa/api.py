@@ -22,7 +22,7 @@ from sisa.lock import workspace_lock
 from sisa.models import build_model
 from sisa.partition import assign, check_sizes, shard_order
 from sisa.settings import Settings
-from sisa.staging import STAGING_PREFIX, finish_swap, make_scratch, remove_scratch, swap_in
+from sisa.staging import STAGING_PREFIX, finish_swap, make_scratch, remove_scratch, swap_in, swap_path
 from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
 
@@ -163,10 +163,11 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
             manifest["data"]["carried_deletions"] = carried
         stage.write_json(stage.manifest_path, manifest)
         crash_point("before-swap")
+        swap_in(workspace, staging)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not swap_path(workspace).exists():  # not yet committed: the old workspace stays
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    swap_in(workspace, staging)
     if manifest["test"] is None:
         return records, {}
     ensemble = Ensemble(workspace)

@@ -65,6 +65,7 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
                             f"but training started with {data['n_train_initial']} rows: the ledger or the "
                             f"shard files were changed outside sisa")
         test_rows = (manifest.get("test") or {}).get("rows", 0)
+        deleted_test += data.get("n_test_deleted_as_training", 0)
         if test_rows + deleted_test != data.get("n_test_initial", test_rows + deleted_test):
             problems.append("the test rows and the ledger's test deletions do not add up to the initial test "
                             "rows: the ledger or the test file was changed outside sisa")

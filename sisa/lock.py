@@ -4,8 +4,11 @@ A ``flock`` on ``<workdir>/.sisa.lock``, a file only its owner can open (mode 06
 without following a symbolic link): exclusive for commands that change the workspace (train,
 delete, recover), shared for those that only read it. Not the folder itself: any user who can
 read a folder can flock it, and one who held it would block every deletion. The kernel drops
-the lock when its process dies, so a crash never leaves a workspace locked; the file stays,
-empty, and is reused by the next command. Locks are re-entrant within a process (a delete that finishes a pending
+the lock when its process dies, so a crash never leaves a workspace locked. The file stays,
+empty, beside a workspace; in a folder where it is all there is (a train that failed into an
+empty folder, a reader of one) the last holder removes it, so the folder is left as it was.
+That is safe because whoever takes the lock checks, once it holds it, that the path still
+names the file it locked, and locks the new one otherwise. Locks are re-entrant within a process (a delete that finishes a pending
 request holds the one lock it took).
 
 A wait for the lock ends after :data:`LOCK_TIMEOUT` seconds (or ``$SISA_LOCK_TIMEOUT``, or the
@@ -91,12 +94,22 @@ def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
         return
     if timeout is None:
         timeout = lock_timeout()
-    fd = _open(Path(key), exclusive)
-    if fd is None:  # a reader of a read-only folder: see _open
-        yield
-        return
+    deadline = time.monotonic() + timeout
+    folder = Path(key)
+    while True:
+        fd = _open(folder, exclusive)
+        if fd is None:  # a reader of a read-only folder: see _open
+            yield
+            return
+        try:
+            _acquire(fd, exclusive, root, deadline, timeout)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_there(fd, lock_path(folder)):
+            break
+        os.close(fd)  # removed (or replaced) while this process waited: lock the file there now
     try:
-        _acquire(fd, exclusive, root, timeout)
         with _guard:
             _held[key] = [exclusive, 1]
         try:
@@ -104,9 +117,31 @@ def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
         finally:
             with _guard:
                 del _held[key]
+            _remove_if_alone(fd, folder)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove_if_alone(fd: int, folder: Path) -> None:
+    """Remove the lock file when it is all the folder holds and no other process holds it."""
+    try:
+        if os.listdir(folder) != [LOCK_NAME]:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while readers share it
+        if _still_there(fd, lock_path(folder)):
+            os.unlink(lock_path(folder))
+    except OSError:  # held by others, or not ours to remove: it stays, which is harmless
+        pass
 
 
 def _open(folder: Path, exclusive: bool) -> Optional[int]:
@@ -161,7 +196,7 @@ def _check(fd: int, path: Path, folder: Path) -> None:
         os.fchmod(fd, 0o600)
 
 
-def _acquire(fd: int, exclusive: bool, root: Path, timeout: float) -> None:
+def _acquire(fd: int, exclusive: bool, root: Path, deadline: float, timeout: float) -> None:
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -173,7 +208,6 @@ def _acquire(fd: int, exclusive: bool, root: Path, timeout: float) -> None:
                         f"later, or drop --no-wait to wait for it")
     print(f"sisa: waiting for another sisa process{_holder(fd)} to finish with {root} "
           f"(at most {timeout:g} s) ...", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + timeout
     pause = 0.02
     while True:
         try:

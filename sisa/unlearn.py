@@ -240,7 +240,7 @@ def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
         if not requests:
             return []
         pending = ledger.deleted(pending_only=True)
-        deleted = set(ledger.deleted())
+        deleted = ledger.deleted()
         shards = sorted({shard for shard, _ in pending.values() if shard >= 0})
         if workspace.read_manifest().get("test"):  # a deleted id may sit in the test rows too
             _purge(workspace, TEST_SHARD, deleted)
@@ -257,7 +257,7 @@ def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
         ledger.close()
 
 
-def _purge(workspace: Workspace, shard: int, deleted: set[str]) -> None:
+def _purge(workspace: Workspace, shard: int, deleted: dict[str, tuple[int, int]]) -> None:
     """Rewrite a shard's file (or the test file, for TEST_SHARD) without deleted rows: the new
     file under a new name first, then the manifest, then the old file goes."""
     manifest = workspace.read_manifest()
@@ -277,6 +277,11 @@ def _purge(workspace: Workspace, shard: int, deleted: set[str]) -> None:
         entry["ids_sha256"] = ids_digest(rows.ids[keep])
     if test:
         data["n_test"] = int(keep.sum())
+        # ids deleted as training rows that also sat in the test rows (workspaces trained before
+        # test ids had to differ): the audit's count of test rows needs them
+        also = sum(1 for v in rows.ids[~keep].tolist() if deleted.get(key_text(v), (TEST_SHARD,))[0] != TEST_SHARD)
+        if also:
+            data["n_test_deleted_as_training"] = data.get("n_test_deleted_as_training", 0) + also
     else:
         slices = Settings.from_dict(manifest["settings"]).slices
         entry["slice_rows"] = np.bincount(rows.slice[keep], minlength=slices).tolist()

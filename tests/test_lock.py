@@ -32,6 +32,18 @@ with workspace_lock(sys.argv[1], exclusive=True):
     time.sleep(float(sys.argv[2]))
 """
 
+TRY_LOCK = """
+import sys
+from sisa.errors import SisaError
+from sisa.lock import WAIT, workspace_lock
+WAIT.set(False)
+try:
+    with workspace_lock(sys.argv[1], exclusive=False):
+        print("free")
+except SisaError:
+    print("busy")
+"""
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -195,3 +207,18 @@ def test_a_reader_of_a_read_only_folder_proceeds_without_a_lock(tmp_path, monkey
     with pytest.raises(OSError):
         with workspace_lock(tmp_path, exclusive=True):
             pass
+
+
+def test_a_lock_file_alone_in_its_folder_is_removed_and_waiters_follow(tmp_path):
+    (tmp_path / "ws").mkdir()
+    with workspace_lock(tmp_path / "ws", exclusive=False):
+        assert lock_path(tmp_path / "ws").exists()
+    assert list((tmp_path / "ws").iterdir()) == []  # a command on an empty folder leaves it empty
+    proc = holder(tmp_path / "ws", 1.5)  # removes the lock file when it lets go
+    with workspace_lock(tmp_path / "ws", exclusive=True, timeout=30):
+        # this process holds the file now at the path, not the one removed under its wait
+        assert proc.wait(timeout=30) == 0
+        probe = subprocess.run([sys.executable, "-c", TRY_LOCK, str(tmp_path / "ws")], capture_output=True,
+                               text=True, timeout=60)
+        assert probe.stdout.strip() == "busy", probe.stderr
+    assert list((tmp_path / "ws").iterdir()) == []
