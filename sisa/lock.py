@@ -133,9 +133,10 @@ def _still_there(fd: int, path: Path) -> bool:
 
 
 def _remove_if_alone(fd: int, folder: Path) -> None:
-    """Remove the lock file when it is all the folder holds and no other process holds it."""
+    """Remove the lock file when the folder holds no workspace (a command that failed before
+    it wrote one leaves the folder as it was) and no other process holds the lock."""
     try:
-        if os.listdir(folder) != [LOCK_NAME]:
+        if os.path.lexists(folder / "shards" / "manifest.json") or os.path.lexists(folder / ".sisa-swap.json"):
             return
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while readers share it
         if _still_there(fd, lock_path(folder)):

@@ -147,11 +147,9 @@ def forward(workdir: os.PathLike | str, argv: list[str]) -> Optional[int]:
     try:
         sock = connect(workdir, timeout=5.0)
     except UntrustedSocket as exc:
-        print(f"sisa {argv[0]}: error: refusing to forward to {exc.path}: {exc.reason}. Another user "
-              f"may have put it there to read the ids; nothing was sent. Remove it if it is not "
-              f"your sisa serve's (check who can write to {exc.path.parent}), or pass --no-serve",
-              file=stderr, flush=True)
-        return 1
+        raise SisaError(f"refusing to forward to {exc.path}: {exc.reason}. Another user may have put it "
+                        f"there to read the ids; nothing was sent. Remove it if it is not your sisa "
+                        f"serve's (check who can write to {exc.path.parent}), or pass --no-serve") from None
     if sock is None:
         if socket_path(workdir).exists():
             print(f"note: no sisa serve answers on {socket_path(workdir)}; running in this process",

@@ -9,6 +9,7 @@ from sisa.store import Workspace
 from conftest import run_cli, tree
 
 
+@pytest.mark.numerics
 def test_fit_predict_load_round_trip(tmp_path):
     ds = load("digits")
     clf = SISAClassifier(tmp_path, shards=3, slices=2, epochs=4).fit(ds)
@@ -25,6 +26,7 @@ def test_fit_predict_load_round_trip(tmp_path):
     assert not np.array_equal(again.predict_proba(ds.test.X), proba)
 
 
+@pytest.mark.numerics
 def test_fit_on_arrays_with_string_ids_and_labels(tmp_path):
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(-2, 1, (60, 3)), rng.normal(2, 1, (60, 3))]).astype(np.float32)

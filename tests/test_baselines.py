@@ -15,6 +15,8 @@ from sisa.errors import SisaError
 from sisa.settings import Settings
 from sisa.training import DataSpec, make_training_state
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
+
 
 def as_tensor(a):
     return torch.from_numpy(np.array(a, copy=True))

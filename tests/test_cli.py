@@ -9,6 +9,7 @@ import torch
 from conftest import FAST, checkpoint_shas, edit_manifest, make_table, run_cli, tree
 
 
+@pytest.mark.numerics
 def test_default_train_on_digits_is_accurate_and_fast(tmp_path):
     """The README's main job: `sisa train` with no flags."""
     started = time.perf_counter()
@@ -83,6 +84,7 @@ def test_status_reports_a_flipped_byte_and_predict_refuses_it(tmp_path):
         assert refused.code == 1 and "does not match its recorded sha256" in refused.err
 
 
+@pytest.mark.numerics
 def test_eval_json(tmp_path):
     train = run_cli("train", "--workdir", tmp_path, *FAST, "--json")
     result = run_cli("eval", "--workdir", tmp_path, "--json")
@@ -92,6 +94,7 @@ def test_eval_json(tmp_path):
     assert 0.5 < result.json["accuracy"] <= 1
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("aggregation", ["mean-proba", "vote", "size-weighted"])
 def test_each_aggregator_through_the_cli(tmp_path, aggregation):
     result = run_cli("train", "--workdir", tmp_path, *FAST, "--aggregation", aggregation, "--json")

@@ -14,6 +14,7 @@ from sisa.settings import Settings
 from sisa.store import Workspace
 from sisa.training import DataSpec
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SMALL = ("--epochs", "4", "--shards", "2", "--slices", "2")
 
 

@@ -22,6 +22,7 @@ from sisa.unlearn import delete
 
 from conftest import edit_manifest, make_table, run_cli, holdout_file, tree
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SETTINGS = Settings(shards=3, slices=4, epochs=4, batch_size=32)
 
 

@@ -11,6 +11,7 @@ from sisa.evaluation import (average_gap, confidence, lira, logit_confidence, lo
 from sisa.settings import Settings
 from sisa.training import DataSpec, predict_probas
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SEEDS = range(5)
 
 

@@ -180,6 +180,8 @@ def test_locks_stay_re_entrant_within_a_process(tmp_path):
 
 
 def test_a_symlinked_or_open_lock_file_is_refused_or_closed(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").touch()  # a workspace's folder: its lock file stays
     (tmp_path / "elsewhere").touch()
     lock_path(tmp_path).symlink_to(tmp_path / "elsewhere")
     with pytest.raises(SisaError, match="not a regular file"):

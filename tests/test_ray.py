@@ -42,6 +42,7 @@ def local_reference(tmp_path_factory, digits):
     return path
 
 
+@pytest.mark.numerics
 def test_ray_and_in_process_give_identical_checkpoints(local_ray, digits, local_reference, tmp_path):
     train_workspace(tmp_path / "ray", digits, SETTINGS, executor=RayExecutor())
     assert checkpoint_shas(tmp_path / "ray") == checkpoint_shas(local_reference)
@@ -190,6 +191,7 @@ def test_a_local_ray_instance_listens_on_loopback_only():
     assert all(_is_loopback(a) for a in opened), opened
 
 
+@pytest.mark.numerics
 def test_a_vectorised_group_runs_as_one_ray_task(local_ray, digits, tmp_path):
     settings = SETTINGS.replace(vectorise=2)  # groups {0, 1} and {2}
     train_workspace(tmp_path / "local", digits, settings, executor=InProcessExecutor())

@@ -299,13 +299,12 @@ def test_the_client_refuses_a_socket_it_cannot_trust(tmp_path, capsys, plant):
     else:
         (ws / "serve.sock").write_text("")
     try:
-        status = forward(ws, ["delete", "--workdir", str(ws), "--ids", "4242"])
+        result = run_cli("delete", "--workdir", str(ws), "--ids", "4242", "--json")
     finally:
         if fake is not None:
             fake.close()
-    out, err = capsys.readouterr()
-    print(status, repr(out), repr(err), fake.received if fake else None)
-    assert status == 1 and out == ""
+    assert result.code == 1 and result.json["ok"] is False
+    err = result.err
     assert f"refusing to forward to {ws / 'serve.sock'}" in err
     assert {"open-mode": "mode 0o666", "symlink": "symbolic link", "not-a-socket": "not a socket"}[plant] in err
     assert fake is None or fake.received == []

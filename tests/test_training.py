@@ -13,6 +13,7 @@ from sisa.training import DataSpec, ShardJob, run_shard_job
 
 from conftest import checkpoint_shas
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SMALL = Settings(shards=3, slices=3, epochs=3, batch_size=64)
 
 

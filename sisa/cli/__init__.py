@@ -58,22 +58,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _json_error(_Parser.last_error or "bad usage", code)
         return code
     args.argv = argv
-    if not getattr(args, "no_serve", True):  # a command that can be served, not told otherwise
-        from sisa.serve import forward
-
-        # a warm `sisa serve` on this workspace runs the command without torch's start-up
-        status = forward(args.workdir, argv + ["--executor", args.executor])
-        if status is not None:
-            return status
-    from sisa.lock import WAIT
-
-    token = WAIT.set(not args.no_wait)
 
     def fail(message: str, code: int) -> int:
         print(f"sisa {args.command}: {'' if code == 130 else 'error: '}{message}", file=sys.stderr)
         if getattr(args, "json", False):
             _json_error(message, code)
         return code
+
+    if not getattr(args, "no_serve", True):  # a command that can be served, not told otherwise
+        from sisa.serve import forward
+
+        # a warm `sisa serve` on this workspace runs the command without torch's start-up
+        try:
+            status = forward(args.workdir, argv + ["--executor", args.executor])
+        except SisaError as exc:  # a socket that is not this user's server: nothing was sent
+            return fail(str(exc), 1)
+        if status is not None:
+            return status
+    from sisa.lock import WAIT
+
+    token = WAIT.set(not args.no_wait)
 
     try:
         return args.func(args)

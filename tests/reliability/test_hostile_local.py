@@ -170,6 +170,7 @@ def test_another_user_cannot_open_the_workspace_lock(other_user, shared_folder):
 
     os.chmod(shared_folder, 0o755)
     (shared_folder / "shards").mkdir()  # a workspace's: the lock file stays between commands
+    (shared_folder / "shards" / "manifest.json").touch()
     path = lock_path(shared_folder)
 
     def try_open(out) -> None:
