@@ -199,12 +199,10 @@ def _read_only(path: Path, query, empty):
 
 
 def carry(old: Path, new: Path) -> int:
-    """Copy the ledger at ``old`` (every request, committed) to ``new`` for a retrained
+    """Copy the ledger at ``old`` (every request, now committed) to ``new`` for a retrained
     workspace; returns the ids it holds. Their shard becomes :data:`CARRIED_SHARD`, or stays
     the test marker (-1): no model of the new training saw them."""
     with Ledger(old) as source:
-        if source.open_requests():
-            raise SisaError(f"the deletion ledger {old} has uncommitted requests; run 'sisa recover' first")
         _prepare_file(Path(new))
         target = sqlite3.connect(new)
         try:
@@ -214,4 +212,8 @@ def carry(old: Path, new: Path) -> int:
     with Ledger(new) as ledger:
         with ledger._db:
             ledger._db.execute("UPDATE deleted SET shard = ?, slice = -1 WHERE shard >= 0", (CARRIED_SHARD,))
+            # a request still open in the old workspace is complete in the new one: its ids were
+            # left out of the training and the test rows
+            ledger._db.execute("UPDATE requests SET state = 'committed', updated = ? WHERE state != 'committed'",
+                               (_now(),))
         return ledger._db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]

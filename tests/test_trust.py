@@ -264,3 +264,17 @@ def test_test_ids_of_another_kind_are_refused(tmp_path, table_file):
 def test_builtin_test_rows_have_ids_of_their_own():
     digits = load("digits")
     assert not set(digits.train.ids.tolist()) & set(digits.test.ids.tolist())
+
+
+def test_train_force_over_a_pending_deletion_completes_it(trained, tmp_path, source):
+    from sisa.ledger import Ledger
+
+    ws = copy(trained, tmp_path)
+    gone = training_ids(ws)[0]
+    with Ledger(ws / "shards" / "ledger.sqlite") as ledger:  # recorded, then the process died
+        ledger.add_request([(f"i:{gone}", 0, 0)])
+    result = run_cli("train", "--data", f"parquet:{source}", "--workdir", ws, *FAST, "--force")
+    assert result.code == 0, result.err
+    assert gone not in training_ids(ws)
+    assert run_cli("status", "--workdir", ws, "--json").json["deletions"] == {"deleted_ids": 1, "pending": 0}
+    assert run_cli("audit", "--workdir", ws, "--replay").code == 0
