@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from sisa.errors import SisaError
 from sisa.store import Workspace, fsync_dir, make_folder

@@ -201,17 +201,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _open_regular(path: os.PathLike | str, *, dir_fd: Optional[int] = None) -> int:
-    """Open a file for reading without following a link; only a regular file is accepted."""
+def _open_regular(path: os.PathLike | str, *, dir_fd: Optional[int] = None,
+                  shown: Optional[os.PathLike | str] = None) -> int:
+    """Open a file for reading without following a link; only a regular file is accepted.
+    ``shown`` names the file in messages (``path`` may be relative to ``dir_fd``)."""
+    shown = path if shown is None else shown
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise SisaError(_link_message(path)) from None
+            raise SisaError(_link_message(shown)) from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SisaError(f"{path} is not a regular file")
+            raise SisaError(f"{shown} is not a regular file")
     except BaseException:
         os.close(fd)
         raise
@@ -418,23 +421,10 @@ class Workspace:
         *folders, name = parts
         _check_name(name, self.root.joinpath(*folders))
         folder = self._open_folder(folders, create=False)
-        shown = self.root.joinpath(*parts)
         try:
-            try:
-                fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, dir_fd=folder)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.EMLINK):
-                    raise SisaError(_link_message(shown)) from None
-                raise
+            return _open_regular(name, dir_fd=folder, shown=self.root.joinpath(*parts))
         finally:
             os.close(folder)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SisaError(f"{shown} is not a regular file")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     def _read(self, parts: Sequence[str]) -> bytes:
         fd = self._open_file(parts)

@@ -96,3 +96,37 @@ def holdout_file(workdir) -> Path:
     """The workspace's test-rows file (its name carries its sha256)."""
     manifest = json.loads((Path(workdir) / "shards" / "manifest.json").read_text())
     return Path(workdir) / "shards" / manifest["test"]["file"]
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory) -> Path:
+    """A 240-row Parquet table on disk, the source of :func:`small_trained`."""
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("small-source") / "rows.parquet"
+    pq.write_table(make_table(n=240, features=5), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_trained(tmp_path_factory, small_source) -> Path:
+    """A workspace trained by ``sisa train`` on :func:`small_source` with FAST settings;
+    copy it (:func:`copy_workspace`) before changing it."""
+    ws = tmp_path_factory.mktemp("small-trained") / "ws"
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST).code == 0
+    return ws
+
+
+def copy_workspace(base: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(base, tmp_path / "ws")
+    return tmp_path / "ws"
+
+
+def training_ids(ws: Path) -> list:
+    """Every id in the workspace's shard files, sorted."""
+    import pyarrow.parquet as pq
+
+    return sorted(i for p in (Path(ws) / "shards").glob("shard-*-*.parquet")
+                  for i in pq.read_table(p, columns=["id"]).column("id").to_pylist())

@@ -285,7 +285,6 @@ class FakeServer:
 
 @pytest.mark.parametrize("plant", ["open-mode", "symlink", "not-a-socket"])
 def test_the_client_refuses_a_socket_it_cannot_trust(tmp_path, capsys, plant):
-    from sisa.serve import forward
 
     ws = tmp_path / "ws"
     ws.mkdir()

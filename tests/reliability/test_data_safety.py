@@ -10,45 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
 from sisa.store import Workspace, rows_to_parquet
 
-from conftest import FAST, checkpoint_shas, edit_manifest, holdout_file, make_table, run_cli, tree
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "rows.parquet"
-    pq.write_table(make_table(n=240, features=5), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, source):
-    ws = tmp_path_factory.mktemp("trained") / "ws"
-    assert run_cli("train", "--data", f"parquet:{source}", "--workdir", ws, *FAST).code == 0
-    return ws
-
-
-def copy(trained: Path, tmp_path: Path) -> Path:
-    shutil.copytree(trained, tmp_path / "ws")
-    return tmp_path / "ws"
-
-
-def training_ids(ws: Path) -> list:
-    return sorted(i for p in (ws / "shards").glob("shard-*-*.parquet")
-                  for i in pq.read_table(p, columns=["id"]).column("id").to_pylist())
+from conftest import FAST, checkpoint_shas, copy_workspace, training_ids, edit_manifest, holdout_file, make_table, run_cli, tree
 
 
 # -- 1. sisa never removes a file it did not write
 
-def test_train_and_delete_keep_the_users_own_files(tmp_path, source):
+def test_train_and_delete_keep_the_users_own_files(tmp_path, small_source):
     ws = tmp_path / "ws"
-    mine = {"shards/shard-000.parquet": source.read_bytes(), "shards/test-holdout.parquet": b"holdout",
-            "shards/users.parquet": source.read_bytes(), "checkpoints/shard-experiment-7/best.pt": b"weights",
+    mine = {"shards/shard-000.parquet": small_source.read_bytes(), "shards/test-holdout.parquet": b"holdout",
+            "shards/users.parquet": small_source.read_bytes(), "checkpoints/shard-experiment-7/best.pt": b"weights",
             "checkpoints/shard-001/notes.txt": b"notes", "shards/README.md": b"readme"}
     for name, data in mine.items():
         (ws / name).parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +43,8 @@ def test_train_and_delete_keep_the_users_own_files(tmp_path, source):
 
 # -- 2. an interrupted train --force keeps the old workspace and its ledger
 
-def test_an_interrupted_force_keeps_the_old_workspace(trained, tmp_path, source, monkeypatch):
-    ws = copy(trained, tmp_path)
+def test_an_interrupted_force_keeps_the_old_workspace(small_trained, tmp_path, small_source, monkeypatch):
+    ws = copy_workspace(small_trained, tmp_path)
     run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0])
     before = tree(ws)
     import sisa.api
@@ -78,14 +53,14 @@ def test_an_interrupted_force_keeps_the_old_workspace(trained, tmp_path, source,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sisa.api, "swap_in", interrupted)
-    result = run_cli("train", "--data", f"parquet:{source}", "--workdir", ws, *FAST, "--epochs", "3", "--force")
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3", "--force")
     assert result.code == 130
     assert tree(ws) == before  # old workspace, ledger and all; no staging folder left
     assert run_cli("audit", "--workdir", ws).code == 0
 
 
-def test_a_crash_during_the_swap_is_finished_by_the_next_command(trained, tmp_path, source, monkeypatch):
-    ws = copy(trained, tmp_path)
+def test_a_crash_during_the_swap_is_finished_by_the_next_command(small_trained, tmp_path, small_source, monkeypatch):
+    ws = copy_workspace(small_trained, tmp_path)
     gone = training_ids(ws)[0]
     run_cli("delete", "--workdir", ws, "--ids", gone)
     import sisa.staging
@@ -100,14 +75,14 @@ def test_a_crash_during_the_swap_is_finished_by_the_next_command(trained, tmp_pa
         return real(workspace)
 
     monkeypatch.setattr(sisa.staging, "finish_swap", crash_once)
-    assert run_cli("train", "--data", f"parquet:{source}", "--workdir", ws, *FAST, "--epochs", "3",
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3",
                    "--force").code == 130
     status = run_cli("status", "--workdir", ws)
     assert status.code == 1 and "sisa recover" in status.err
     monkeypatch.setattr(sisa.staging, "finish_swap", real)
     assert run_cli("recover", "--workdir", ws).code == 0
     fresh = tmp_path / "fresh"
-    table = pq.read_table(source)
+    table = pq.read_table(small_source)
     pq.write_table(table.filter(pa.array(np.asarray(table.column("id").to_pylist()) != gone)), tmp_path / "w.parquet")
     run_cli("train", "--data", f"parquet:{tmp_path / 'w.parquet'}", "--workdir", fresh, *FAST, "--epochs", "3")
     assert checkpoint_shas(ws) == checkpoint_shas(fresh)
@@ -118,18 +93,18 @@ def test_a_crash_during_the_swap_is_finished_by_the_next_command(trained, tmp_pa
 # -- 3. predictions never overwrite the workspace
 
 @pytest.mark.parametrize("target", ["shards/manifest.json", "checkpoints/manifest.json", "shards/x.csv"])
-def test_predict_output_inside_the_workspace_is_refused(trained, tmp_path, source, target):
-    ws = copy(trained, tmp_path)
+def test_predict_output_inside_the_workspace_is_refused(small_trained, tmp_path, small_source, target):
+    ws = copy_workspace(small_trained, tmp_path)
     before = tree(ws)
-    result = run_cli("predict", "--workdir", ws, "--input", f"parquet:{source}", "--output", ws / target)
+    result = run_cli("predict", "--workdir", ws, "--input", f"parquet:{small_source}", "--output", ws / target)
     assert result.code == 1 and "somewhere else" in result.err
     assert tree(ws) == before
 
 
 # -- 4. an id in the training rows and the test rows is gone from both
 
-def test_an_id_in_training_and_test_rows_is_purged_from_both(trained, tmp_path):
-    ws = copy(trained, tmp_path)
+def test_an_id_in_training_and_test_rows_is_purged_from_both(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
     workspace = Workspace(ws)
     manifest = workspace.read_manifest()
     shared = training_ids(ws)[0]
@@ -150,23 +125,23 @@ def test_an_id_in_training_and_test_rows_is_purged_from_both(trained, tmp_path):
 
 # -- 5. repair refuses a changed source
 
-def test_repair_refuses_a_source_with_other_rows(trained, tmp_path, source):
-    ws = copy(trained, tmp_path)
+def test_repair_refuses_a_source_with_other_rows(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
     [shard_file] = [ws / "shards" / e["file"] for e in Workspace(ws).read_manifest()["shards"][:1]]
     shard_file.write_bytes(b"damaged")
-    grown = pa.concat_tables([pq.read_table(source), make_table(n=40, features=5, seed=3).set_column(
+    grown = pa.concat_tables([pq.read_table(small_source), make_table(n=40, features=5, seed=3).set_column(
         0, "id", pa.array(list(range(5000, 5040))))])
     pq.write_table(grown, tmp_path / "grown.parquet")
     result = run_cli("repair", "--workdir", ws, "--data", f"parquet:{tmp_path / 'grown.parquet'}")
     assert result.code == 1 and "does not hold the rows the workspace was trained on" in result.err
-    ok = run_cli("repair", "--workdir", ws, "--data", f"parquet:{source}")
+    ok = run_cli("repair", "--workdir", ws, "--data", f"parquet:{small_source}")
     assert ok.code == 0, ok.err + ok.out
 
 
 # -- 10. no copy of a shard outlives a command
 
-def test_replay_happens_inside_the_workspace_and_leaves_nothing(trained, tmp_path, monkeypatch):
-    ws = copy(trained, tmp_path)
+def test_replay_happens_inside_the_workspace_and_leaves_nothing(small_trained, tmp_path, monkeypatch):
+    ws = copy_workspace(small_trained, tmp_path)
     run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0])
     import sisa.audit
 
@@ -183,8 +158,8 @@ def test_replay_happens_inside_the_workspace_and_leaves_nothing(trained, tmp_pat
     assert seen and not any(Path(w).exists() for w in seen)
 
 
-def test_a_left_replay_folder_is_reported_and_removed(trained, tmp_path):
-    ws = copy(trained, tmp_path)
+def test_a_left_replay_folder_is_reported_and_removed(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
     left = ws / ".sisa-replay-abc123"
     (left / "shards").mkdir(parents=True)
     shutil.copy(next((ws / "shards").glob("shard-*.parquet")), left / "shards")
@@ -230,8 +205,8 @@ def test_uint64_ids_beyond_int64_are_refused(tmp_path):
 
 # -- 12. one-line errors instead of tracebacks
 
-def test_bad_ids_give_one_line_errors(trained, tmp_path):
-    ws = copy(trained, tmp_path)
+def test_bad_ids_give_one_line_errors(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
     huge = "1" * 5000
     (tmp_path / "ids.txt").write_text(huge + "\n")
     for argv in (["delete", "--ids", huge], ["delete", "--ids-file", tmp_path / "ids.txt"],
@@ -268,10 +243,10 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, flag, v
     assert result.code == 1 and message in result.err
 
 
-def test_a_full_disk_during_the_ledger_commit(trained, tmp_path, monkeypatch):
+def test_a_full_disk_during_the_ledger_commit(small_trained, tmp_path, monkeypatch):
     from sisa.ledger import Ledger
 
-    ws = copy(trained, tmp_path)
+    ws = copy_workspace(small_trained, tmp_path)
     before = tree(ws)
 
     def full(self, rows):
@@ -289,8 +264,8 @@ def test_a_full_disk_during_the_ledger_commit(trained, tmp_path, monkeypatch):
 
 # -- 13. read-only commands never write
 
-def test_read_only_commands_work_on_a_read_only_mount(trained, tmp_path):
-    ws = copy(trained, tmp_path)
+def test_read_only_commands_work_on_a_read_only_mount(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
     assert run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0]).code == 0
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {tmp_path} {tmp_path} && "
                             f"mount -o remount,bind,ro {tmp_path}"], capture_output=True)
@@ -306,10 +281,10 @@ def test_read_only_commands_work_on_a_read_only_mount(trained, tmp_path):
 
 # -- 14. smaller things
 
-def test_the_checkpoint_refusal_never_suggests_unpickling(trained, tmp_path):
+def test_the_checkpoint_refusal_never_suggests_unpickling(small_trained, tmp_path):
     import pickle
 
-    ws = copy(trained, tmp_path)
+    ws = copy_workspace(small_trained, tmp_path)
     records = json.loads((ws / "checkpoints" / "manifest.json").read_text())["checkpoints"]
     target = ws / "checkpoints" / records[0]["file"]
     target.write_bytes(pickle.dumps({"x": Path("/")}))
@@ -324,8 +299,8 @@ def test_the_checkpoint_refusal_never_suggests_unpickling(trained, tmp_path):
     assert "cannot be loaded" in repaired.out
 
 
-def test_a_long_id_list_is_summarised(trained, tmp_path):
-    ws = copy(trained, tmp_path)
+def test_a_long_id_list_is_summarised(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
     ids = ",".join(str(i) for i in range(900000, 900500))
     result = run_cli("delete", "--workdir", ws, "--ids", ids, "--ignore-missing", "--dry-run")
     assert result.code == 0 and "and 490 more (500 in all)" in result.out and len(result.out) < 1000
