@@ -94,7 +94,8 @@ class Delete:
             plan = plan_deletion(workspace, ids, ignore_missing=args.ignore_missing)
             result = dict(plan.to_dict(), dry_run=True)
             lines = [f"would delete {len(plan.ids)} of {asked} id(s) asked for; nothing was changed"]
-            lines += [f"  shard {r['shard']}: retrain from slice {r['from_slice']} ({r['samples']} samples)"
+            lines += [f"  shard {r['shard']}: retrain {r['slices']} slice(s) from slice {r['from_slice']} "
+                      f"({r['samples']} samples, {r['sample_passes']} sample-passes)"
                       for r in result["retrained"]]
             lines.append(f"estimated retraining time: {fmt_seconds(plan.estimate_seconds)}")
         else:
@@ -104,7 +105,8 @@ class Delete:
                             progress=retrain_progress)
             lines = [f"deleted {len(result['deleted'])} of {asked} id(s) asked for in "
                      f"{fmt_seconds(result['seconds'])}"]
-            lines += [f"  shard {r['shard']}: retrained from slice {r['from_slice']} ({r['samples']} samples)"
+            lines += [f"  shard {r['shard']}: retrained {r['slices']} slice(s) from slice {r['from_slice']} "
+                      f"({r['samples']} samples, {r['sample_passes']} sample-passes)"
                       for r in result["retrained"]]
         result["requested"] = asked
         if result["deleted_from_test"]:
