@@ -250,8 +250,13 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: Path) -> Optional[str]:
     """sha256 of a file, or None when it cannot be read (or is a link)."""
+    return _sha256_of(lambda: _open_regular(path))
+
+
+def _sha256_of(opener) -> Optional[str]:
+    """sha256 of the file ``opener()`` opens, or None when it cannot be opened or read."""
     try:
-        fd = _open_regular(path)
+        fd = opener()
     except (OSError, SisaError):  # missing, unreadable, a link or not a file
         return None
     try:
@@ -434,16 +439,7 @@ class Workspace:
             os.close(fd)
 
     def _sha256(self, parts: Sequence[str]) -> Optional[str]:
-        try:
-            fd = self._open_file(parts)
-        except (OSError, SisaError):
-            return None
-        try:
-            return _sha256_fd(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        return _sha256_of(lambda: self._open_file(parts))
 
     def move_in(self, source_root: os.PathLike | str, rel: str) -> bool:
         """Move the file ``source_root/rel`` to ``root/rel`` (a rename, both within this
