@@ -118,9 +118,13 @@ def _without_deleted(dataset: Dataset, deleted: dict) -> tuple[Dataset, int]:
         return dataset, 0
     from sisa.unlearn import key_text
 
+    # by the id's text as well: a source whose ids now load as text ("7") must not bring back
+    # the person deleted as the integer 7
+    texts = {key[2:] for key in deleted}
+
     def keep(table: Table) -> np.ndarray:
-        return np.fromiter((key_text(v) not in deleted for v in table.ids.tolist()), dtype=bool,
-                           count=len(table))
+        return np.fromiter((key_text(v) not in deleted and str(v) not in texts for v in table.ids.tolist()),
+                           dtype=bool, count=len(table))
 
     train_keep = keep(dataset.train)
     test_keep = keep(dataset.test) if dataset.test is not None else None
@@ -168,6 +172,9 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
         if not swap_path(workspace).exists():  # not yet committed: the old workspace stays
             shutil.rmtree(staging, ignore_errors=True)
         raise
+    from sisa.unlearn import remove_orphans
+
+    remove_orphans(workspace)  # files of the old workspace its own manifests no longer named
     if manifest["test"] is None:
         return records, {}
     ensemble = Ensemble(workspace)

@@ -41,11 +41,13 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
     deleted, open_requests = read_ledger(workspace.ledger_path)  # an audit never writes the ledger
     targets = {key_text(i) for i in ids} if ids is not None else set(deleted)
     problems: list[str] = []
-    never = [i for i in (ids or []) if key_text(i) not in deleted]
+    deleted_texts = {key[2:] for key in deleted}
+    never = [i for i in (ids or []) if key_text(i) not in deleted and str(i) not in deleted_texts]
     if never:
         problems.append(f"{len(never)} id(s) were never requested for deletion (the ledger has no record "
                         f"of them): {never[:10]}")
         targets -= {key_text(i) for i in never}
+    target_texts = {key[2:] for key in targets}  # a deleted 7 is found as the text "7" too
     if open_requests:
         problems.append(f"{len(open_requests)} deletion request(s) not yet committed; run 'sisa recover'")
     for folder in scratch_folders(workspace):
@@ -77,7 +79,7 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
             continue
         rows = workspace.read_data_file(entry["file"], entry["sha256"], spec.shape, spec.dtype)
         rows_by_shard[entry["shard"]] = rows
-        present = [v for v in rows.ids.tolist() if key_text(v) in targets]
+        present = [v for v in rows.ids.tolist() if key_text(v) in targets or str(v) in target_texts]
         if present:
             problems.append(f"shard file {entry['file']} holds deleted ids: {present[:10]}")
     test = manifest.get("test")
@@ -86,7 +88,7 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
             problems.append(f"test file {test['file']} is missing or does not match its sha256")
         else:
             rows = workspace.read_data_file(test["file"], test["sha256"], spec.shape, spec.dtype)
-            present = [v for v in rows.ids.tolist() if key_text(v) in targets]
+            present = [v for v in rows.ids.tolist() if key_text(v) in targets or str(v) in target_texts]
             if present:
                 problems.append(f"test file {test['file']} holds deleted ids: {present[:10]}")
     for record in checkpoints["checkpoints"]:

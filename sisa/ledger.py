@@ -200,8 +200,8 @@ def _read_only(path: Path, query, empty):
 
 def carry(old: Path, new: Path) -> int:
     """Copy the ledger at ``old`` (every request, now committed) to ``new`` for a retrained
-    workspace; returns the ids it holds. Their shard becomes :data:`CARRIED_SHARD`, or stays
-    the test marker (-1): no model of the new training saw them."""
+    workspace; returns the ids it holds. Their shard becomes :data:`CARRIED_SHARD` (test rows'
+    too): neither the new training nor its test rows hold them."""
     with Ledger(old) as source:
         _prepare_file(Path(new))
         target = sqlite3.connect(new)
@@ -211,7 +211,7 @@ def carry(old: Path, new: Path) -> int:
             target.close()
     with Ledger(new) as ledger:
         with ledger._db:
-            ledger._db.execute("UPDATE deleted SET shard = ?, slice = -1 WHERE shard >= 0", (CARRIED_SHARD,))
+            ledger._db.execute("UPDATE deleted SET shard = ?, slice = -1", (CARRIED_SHARD,))
             # a request still open in the old workspace is complete in the new one: its ids were
             # left out of the training and the test rows
             ledger._db.execute("UPDATE requests SET state = 'committed', updated = ? WHERE state != 'committed'",

@@ -70,19 +70,20 @@ def recorded_files(workspace: Workspace) -> list[str]:
     """Paths (relative to the workspace) of every file the workspace's manifests name."""
     from sisa.ledger import ledger_files
 
+    # the ledger and the manifests are sisa's whatever state the manifests are in
+    files = [str(p.relative_to(workspace.root)) for p in ledger_files(workspace.ledger_path)]
+    files += ["checkpoints/manifest.json", "shards/manifest.json"]
     try:
         manifest = workspace.read_manifest()
     except SisaError:
-        return []
-    files = [f"shards/{e['file']}" for e in manifest["shards"]]
+        return files
+    files += [f"shards/{e['file']}" for e in manifest["shards"]]
     if manifest.get("test"):
         files.append(f"shards/{manifest['test']['file']}")
     try:
         files += [f"checkpoints/{r['file']}" for r in workspace.read_checkpoints_manifest()["checkpoints"]]
     except SisaError:
         pass
-    files += [str(p.relative_to(workspace.root)) for p in ledger_files(workspace.ledger_path)]
-    files += ["checkpoints/manifest.json", "shards/manifest.json"]
     return files
 
 

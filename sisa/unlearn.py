@@ -250,7 +250,7 @@ def _complete_pending(workspace: Workspace, *, executor: Optional[Executor],
         retrain_shards(workspace, shards, executor=executor, progress=progress)
         ledger.set_state(requests, "retrained")
         crash_point("before-commit")
-        _remove_orphans(workspace)
+        remove_orphans(workspace)
         ledger.set_state(requests, "committed")
         return shards
     finally:
@@ -343,7 +343,7 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
         workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
 
 
-def _remove_orphans(workspace: Workspace) -> None:
+def remove_orphans(workspace: Workspace) -> None:
     """Delete shard and checkpoint files that no manifest names (left by a crash)."""
     for path in orphan_files(workspace):
         path.unlink(missing_ok=True)

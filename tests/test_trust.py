@@ -16,7 +16,7 @@ from sisa.executors import InProcessExecutor
 from sisa.settings import Settings
 from sisa.store import Workspace
 
-from conftest import FAST, checkpoint_shas, copy_workspace, training_ids, run_cli, tree
+from conftest import FAST, checkpoint_shas, copy_workspace, make_table, training_ids, run_cli, tree
 
 
 def deleted_ids(ws: Path) -> set:
@@ -256,3 +256,54 @@ def test_train_force_over_a_pending_deletion_completes_it(small_trained, tmp_pat
     assert gone not in training_ids(ws)
     assert run_cli("status", "--workdir", ws, "--json").json["deletions"] == {"deleted_ids": 1, "pending": 0}
     assert run_cli("audit", "--workdir", ws, "--replay").code == 0
+
+
+def test_a_source_whose_ids_now_load_as_text_brings_no_one_back(tmp_path):
+    """Deleted as the integer 7; the new source has a text id, so every id loads as text."""
+    import pyarrow as pa
+
+    table = make_table(n=120)
+    pq.write_table(table, tmp_path / "a.parquet")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 'a.parquet'}", "--workdir", ws, *FAST).code == 0
+    gone = training_ids(ws)[:2]
+    assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone))).code == 0
+    as_text = table.set_column(0, "id", pa.array([str(i) for i in table.column("id").to_pylist()]))
+    pq.write_table(as_text, tmp_path / "b.parquet")
+    result = run_cli("train", "--data", f"parquet:{tmp_path / 'b.parquet'}", "--workdir", ws, *FAST, "--force")
+    assert result.code == 0 and "2 rows excluded: deleted earlier" in result.out
+    assert not {str(i) for i in gone} & set(map(str, training_ids(ws)))
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_a_held_out_row_deleted_before_train_force_keeps_the_audit_passing(small_trained, tmp_path, small_source):
+    from conftest import holdout_file
+
+    ws = copy_workspace(small_trained, tmp_path)
+    held = pq.read_table(holdout_file(ws)).column("id").to_pylist()[0]
+    assert run_cli("delete", "--workdir", ws, "--ids", held).code == 0
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force").code == 0
+    assert held not in pq.read_table(holdout_file(ws)).column("id").to_pylist()
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_discard_deletions_drops_the_ledger_even_beside_a_lost_manifest(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[0]
+    run_cli("delete", "--workdir", ws, "--ids", gone)
+    (ws / "shards" / "manifest.json").rename(tmp_path / "lost.json")
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+                     "--discard-deletions")
+    assert result.code == 0, result.err
+    assert not (ws / "shards" / "ledger.sqlite").exists() and gone in training_ids(ws)
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_train_force_leaves_no_stale_file_of_the_old_workspace(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    stale = ws / "shards" / "shard-000-0123456789ab.parquet"  # as a crash between purge steps leaves
+    stale.write_bytes(next((ws / "shards").glob("shard-000-*.parquet")).read_bytes())
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+                   "--epochs", "3").code == 0
+    assert not stale.exists()
+    assert run_cli("audit", "--workdir", ws).code == 0

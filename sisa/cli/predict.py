@@ -48,7 +48,7 @@ class Predict:
         classes = ensemble.classes
         labels = [classes[i] for i in proba.argmax(axis=1)]
         ids = rows.ids.tolist()
-        result = {"ids": ids, "labels": labels, "classes": classes, "probabilities": proba.round(6).tolist()}
+        result = {"ok": True, "ids": ids, "labels": labels, "classes": classes, "probabilities": proba.round(6).tolist()}
         if args.json and not args.output:
             json.dump(result, sys.stdout)
             sys.stdout.write("\n")
@@ -73,7 +73,7 @@ class Predict:
             atomic_write(path, data_bytes, private=False)  # the user's file: the umask decides
             info(f"wrote {len(ids)} predictions to {path}")
             if args.json:
-                json.dump({"output": str(path), "rows": len(ids)}, sys.stdout)
+                json.dump({"ok": True, "output": str(path), "rows": len(ids)}, sys.stdout)
                 sys.stdout.write("\n")
         else:
             sys.stdout.write(_csv_bytes(table).decode())
