@@ -25,6 +25,7 @@ from sisa.settings import Settings
 from sisa.staging import STAGING_PREFIX, finish_swap, make_scratch, remove_scratch, swap_in, swap_path
 from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet
 from sisa.training import DataSpec, Progress, ShardJob
+from sisa.unlearn import key_text, remove_orphans
 
 
 def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *,
@@ -116,8 +117,6 @@ def _without_deleted(dataset: Dataset, deleted: dict) -> tuple[Dataset, int]:
     """``dataset`` less every id of the deletion ledger; returns it and how many rows went."""
     if not deleted:
         return dataset, 0
-    from sisa.unlearn import key_text
-
     # by the id's text as well: a source whose ids now load as text ("7") must not bring back
     # the person deleted as the integer 7
     texts = {key[2:] for key in deleted}
@@ -172,8 +171,6 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
         if not swap_path(workspace).exists():  # not yet committed: the old workspace stays
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    from sisa.unlearn import remove_orphans
-
     remove_orphans(workspace)  # files of the old workspace its own manifests no longer named
     if manifest["test"] is None:
         return records, {}

@@ -130,3 +130,15 @@ def training_ids(ws: Path) -> list:
 
     return sorted(i for p in (Path(ws) / "shards").glob("shard-*-*.parquet")
                   for i in pq.read_table(p, columns=["id"]).column("id").to_pylist())
+
+
+SECRET = b"someone else's file, not sisa's to overwrite\n"
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A private file outside the workspace that a planted link points at (holds SECRET)."""
+    path = tmp_path / "victim"
+    path.write_bytes(SECRET)
+    path.chmod(0o600)
+    return path

@@ -10,7 +10,8 @@ import torch
 from sisa.errors import SisaError
 from sisa.store import Workspace, atomic_write, ids_digest, sha256_bytes
 
-SECRET = b"someone else's file\n"
+from conftest import SECRET
+
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -104,12 +105,6 @@ def test_ids_digest_is_a_set_hash():
 # -- a hostile file system (issue 14)
 
 
-@pytest.fixture
-def victim(tmp_path):
-    path = tmp_path / "victim"
-    path.write_bytes(SECRET)
-    path.chmod(0o600)
-    return path
 
 
 def test_os_replace_replaces_a_link_itself_never_its_target(tmp_path, victim):

@@ -9,20 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli, tree
+from conftest import SECRET, run_cli, tree
 
-SECRET = b"root's secret, not sisa's to overwrite\n"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 
 
-@pytest.fixture
-def victim(tmp_path):
-    """A private file outside the workspace that a planted link points at."""
-    path = tmp_path / "victim"
-    path.write_bytes(SECRET)
-    path.chmod(0o600)
-    return path
 
 
 def shard0_file(ws: Path) -> str:
@@ -165,34 +157,35 @@ def train_and_delete(table_file, ws: Path) -> None:
     assert list((ws / "checkpoints").glob("shard-*/*.pt")) and list((ws / "shards").glob("test*.parquet"))
 
 
-def test_a_new_workspace_and_everything_in_it_is_private(tmp_path, table_file, monkeypatch):
-    monkeypatch.delenv("SISA_FILE_MODE", raising=False)
-    ws = tmp_path / "ws"
-    old = os.umask(0o022)
+def modes_after_use(table_file, ws: Path, *, umask: int) -> dict[str, tuple[str, int]]:
+    """The modes of everything in ``ws`` after a train and a delete under ``umask``."""
+    old = os.umask(umask)
     try:
         train_and_delete(table_file, ws)
     finally:
         os.umask(old)
-    found = modes(ws)
-    wrong = {rel: (kind, oct(mode)) for rel, (kind, mode) in found.items()
-             if kind == "other" or mode != (0o700 if kind == "dir" else 0o600)}
-    assert not wrong, wrong
+    return modes(ws)
+
+
+def wrong_modes(found: dict[str, tuple[str, int]], *, folders: int, files: int) -> dict:
+    return {rel: (kind, oct(mode)) for rel, (kind, mode) in found.items()
+            if kind == "other" or mode != (folders if kind == "dir" else files)}
+
+
+def test_a_new_workspace_and_everything_in_it_is_private(tmp_path, table_file, monkeypatch):
+    monkeypatch.delenv("SISA_FILE_MODE", raising=False)
+    ws = tmp_path / "ws"
+    found = modes_after_use(table_file, ws, umask=0o022)
+    assert not wrong_modes(found, folders=0o700, files=0o600)
     assert {"shards", "checkpoints", "checkpoints/shard-000", "shards/ledger.sqlite"} <= set(found)
 
 
 def test_the_shared_mode_follows_the_umask(tmp_path, table_file, monkeypatch):
     monkeypatch.setenv("SISA_FILE_MODE", "umask")
     ws = tmp_path / "ws"
-    old = os.umask(0o027)
-    try:
-        train_and_delete(table_file, ws)
-    finally:
-        os.umask(old)
-    found = modes(ws)
+    found = modes_after_use(table_file, ws, umask=0o027)
     found.pop(".sisa.lock", None)  # the lock file holds no data and is the lock's own business
-    wrong = {rel: (kind, oct(mode)) for rel, (kind, mode) in found.items()
-             if kind == "other" or mode != (0o750 if kind == "dir" else 0o640)}
-    assert not wrong, wrong
+    assert not wrong_modes(found, folders=0o750, files=0o640)
 
 
 def test_an_unknown_file_mode_setting_is_refused(tmp_path, table_file, monkeypatch):
