@@ -4,9 +4,9 @@ For each (S, R): train the SISA ensemble (test accuracy, training time); delete 
 at a time in a fresh copy of the workspace with `sisa delete` as a separate process (end to end,
 start-up included) and report the median over --ids ids, also as compute (the retrained slices'
 seconds); then serve K random requests one by one and as one batch through the API
-(sisa.unlearn.delete, no process start-up) for each K in --ks. The baseline is the monolithic
+(sisa.ops.delete.delete, no process start-up) for each K in --ks. The baseline is the monolithic
 model (S = 1, R = 1): one full retrain per request (one per batch). The theory column is
-sisa.cost.expected_speedup, from SISA's analysis; measured / theory shows the overheads.
+sisa.research.cost.expected_speedup, from SISA's analysis; measured / theory shows the overheads.
 
 Writes benchmarks/results/grid-<name>.json, .md and .png, with the machine, command and date.
 
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import pyplot, run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,7 +63,7 @@ def timed_delete(workdir: Path, ident) -> dict:
 def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
     """`sisa delete` of one id at a time as its own (client) process, served by one warm
     `sisa serve` of ``scratch``, whose shards and checkpoints are restored before each id."""
-    from sisa.serve import connect
+    from sisa.serve.server import connect
 
     def restore() -> None:
         for part in ("shards", "checkpoints"):
@@ -164,9 +163,9 @@ def rebase(cell: dict, mono_wall: float, mono_compute: float) -> None:
 
 def api_deletes(trained: Path, scratch: Path, batches: list[list]) -> float:
     """Serve ``batches`` of ids in order through the API; total seconds."""
-    from sisa.executors import make_executor
-    from sisa.store import Workspace
-    from sisa.unlearn import delete
+    from sisa.ops.delete import delete
+    from sisa.training.executors import make_executor
+    from sisa.workspace.files import Workspace
 
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -224,11 +223,11 @@ def main() -> int:
     import torch
     import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
 
-    from sisa.api import train_workspace
-    from sisa.cost import expected_speedup
-    from sisa.data import load
-    from sisa.executors import make_executor
+    from sisa.data.sources import load
+    from sisa.ops.train import train_workspace
+    from sisa.research.cost import expected_speedup
     from sisa.settings import Settings
+    from sisa.training.executors import make_executor
 
     dataset = load(args.data)
     base = dict(dataset.defaults)

@@ -58,11 +58,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
 
-    from sisa.api import train_workspace
-    from sisa.data import Dataset, load
-    from sisa.ledger import Ledger
+    from sisa.data.sources import Dataset, load
+    from sisa.ops.train import train_workspace
     from sisa.settings import Settings
-    from sisa.store import Workspace
+    from sisa.workspace.files import Workspace
+    from sisa.workspace.ledger import Ledger
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -99,7 +99,7 @@ def main() -> int:
 
         ledger = Ledger(ws.ledger_path)
         try:
-            in_ledger = {int(k.removeprefix("i:")) for k in ledger.deleted()}  # keys are sisa.unlearn.key_text
+            in_ledger = {int(k.removeprefix("i:")) for k in ledger.deleted()}  # keys are sisa.ids.key_text
             counts = ledger.counts()
             open_requests = ledger.open_requests()
         finally:

@@ -4,7 +4,7 @@ Shards see 1/S of the data, so they may want more epochs or another learning rat
 monolithic model. For each configuration this trains the monolithic model (S = 1, R = 1) and
 the SISA ensemble (S, R) with it, in-process, and reports both test accuracies and the
 speedup one deletion would have over retraining the *default* monolithic model, from
-sisa.cost (expected sample-passes) and from the measured training compute.
+sisa.research.cost (expected sample-passes) and from the measured training compute.
 
     python benchmarks/tuning.py --data fashion-mnist --model mlp \\
         --configs "epochs=5;epochs=10;epochs=20;epochs=5,lr=3e-3;epochs=10,lr=3e-3"
@@ -53,8 +53,8 @@ def aggregation_accuracies(workdir: Path) -> dict[str, float]:
     import numpy as np
 
     from sisa.aggregation import AGGREGATORS, aggregate
-    from sisa.ensemble import Ensemble
-    from sisa.store import Workspace
+    from sisa.ops.ensemble import Ensemble
+    from sisa.workspace.files import Workspace
 
     ensemble = Ensemble(Workspace(workdir))
     rows = ensemble.test_rows()
@@ -88,11 +88,11 @@ def main() -> int:
     import torch
     import torch._dynamo  # noqa: F401  - keep the optimizers' one-time import out of the timings
 
-    from sisa.api import train_workspace
-    from sisa.cost import expected_passes
-    from sisa.data import load
-    from sisa.executors import make_executor
+    from sisa.data.sources import load
+    from sisa.ops.train import train_workspace
+    from sisa.research.cost import expected_passes
     from sisa.settings import Settings
+    from sisa.training.executors import make_executor
 
     dataset = load(args.data)
     base = dict(dataset.defaults)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,7 +43,7 @@ def layout(workdir: Path) -> dict:
 
 
 def without(dataset, removed):
-    from sisa.data import Dataset
+    from sisa.data.sources import Dataset
 
     keep = ~np.isin(dataset.train.ids, np.asarray(sorted(removed), dtype=dataset.train.ids.dtype))
     return Dataset(dataset.spec, dataset.train.take(keep), dataset.test, dataset.shape, dataset.classes,
@@ -53,11 +52,11 @@ def without(dataset, removed):
 
 def checks(device: str, tmp: Path) -> dict:
     """Exactness across groups, and isolation inside one, on this device."""
-    from sisa.api import train_workspace
-    from sisa.data import load
+    from sisa.data.sources import load
+    from sisa.ops.delete import delete
+    from sisa.ops.train import train_workspace
     from sisa.settings import Settings
-    from sisa.store import Workspace
-    from sisa.unlearn import delete
+    from sisa.workspace.files import Workspace
 
     digits = load("digits")
     settings = Settings(shards=3, slices=3, epochs=2, batch_size=32, model="cnn", vectorise=2, device=device)
@@ -94,11 +93,11 @@ def main() -> int:
     parser.add_argument("--name", help="results name (default vectorised-<device>)")
     args = parser.parse_args()
 
-    from sisa.api import train_workspace
-    from sisa.data import load
+    from sisa.data.sources import load
+    from sisa.ops.delete import delete
+    from sisa.ops.train import train_workspace
     from sisa.settings import Settings
-    from sisa.store import Workspace
-    from sisa.unlearn import delete
+    from sisa.workspace.files import Workspace
 
     dataset = load(args.data)
     base = {**dataset.defaults, "model": args.model, "shards": args.shards, "device": args.device, "seed": args.seed}

@@ -15,7 +15,7 @@ from sisa.errors import SisaError
 __version__ = "0.1.0"
 __all__ = ["SISAClassifier", "Settings", "SisaError", "train_workspace", "__version__"]
 
-_LAZY = {"SISAClassifier": "sisa.api", "train_workspace": "sisa.api", "Settings": "sisa.settings"}
+_LAZY = {"SISAClassifier": "sisa.estimator", "train_workspace": "sisa.ops.train", "Settings": "sisa.settings"}
 
 
 def __getattr__(name: str) -> Any:

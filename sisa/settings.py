@@ -65,7 +65,7 @@ class Settings:
         device: ``cpu`` or ``cuda``.
         aggregation: a name from :data:`sisa.aggregation.AGGREGATORS`.
         vectorise: shards trained at once as one vectorised model (torch.func), in fixed
-            groups of this many (see :mod:`sisa.vectorised`); 1 trains one model at a time.
+            groups of this many (see :mod:`sisa.training.vectorised`); 1 trains one model at a time.
             For accelerators; it changes the trained bits, so deletions retrain the same way.
 
     >>> Settings(shards=2, slices=3).shards

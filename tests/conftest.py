@@ -85,7 +85,7 @@ FAST = ("--epochs", "2", "--shards", "3", "--slices", "2")
 
 def edit_manifest(path: Path, change) -> None:
     """Edit a manifest the way a careful tamperer would: change it and re-seal its checksum."""
-    from sisa.store import Workspace
+    from sisa.workspace.files import Workspace
 
     obj = json.loads(path.read_text())
     change(obj)

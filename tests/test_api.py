@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
+from conftest import run_cli, tree
 
 import sisa
-from sisa import SISAClassifier, SisaError
-from sisa.data import load
-from sisa.store import Workspace
-
-from conftest import run_cli, tree
+from sisa import SisaError
+from sisa.data.sources import load
+from sisa.estimator import SISAClassifier
+from sisa.workspace.files import Workspace
 
 
 @pytest.mark.numerics

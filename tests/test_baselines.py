@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from sisa.baselines import METHODS, AmnesiacLog, ForgetTask, amnesiac, run_method, saliency_mask, tiny_task
-from sisa.compare import train_model
-from sisa.data import load
+from sisa.data.sources import load
 from sisa.errors import SisaError
+from sisa.research.baselines import (
+    METHODS,
+    AmnesiacLog,
+    ForgetTask,
+    amnesiac,
+    run_method,
+    saliency_mask,
+    tiny_task,
+)
+from sisa.research.compare import train_model
 from sisa.settings import Settings
-from sisa.training import DataSpec, make_training_state
+from sisa.training.jobs import DataSpec
+from sisa.training.slices import make_training_state
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 
@@ -201,7 +210,7 @@ def test_amnesiac_log_forgets_a_subset_only_with_kept_updates():
 
 
 def _train_with(settings, data, X, y, tracked):
-    from sisa.training import deterministic_torch, train_slice
+    from sisa.training.slices import deterministic_torch, train_slice
 
     with deterministic_torch(settings):
         model, optimizer, scheduler = make_training_state(settings, data, 0)

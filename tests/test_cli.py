@@ -5,7 +5,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import FAST, checkpoint_shas, edit_manifest, make_table, run_cli, tree
 
 

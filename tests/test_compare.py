@@ -4,15 +4,15 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from sisa.api import train_workspace
-from sisa.compare import forget_mask, train_model
-from sisa.data import load
+
+from sisa.data.sources import load
 from sisa.errors import SisaError
+from sisa.ops.train import train_workspace
+from sisa.research.compare import forget_mask, train_model
 from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.training import DataSpec
+from sisa.training.jobs import DataSpec
+from sisa.workspace.files import Workspace
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SMALL = ("--epochs", "4", "--shards", "2", "--slices", "2")
@@ -105,7 +105,7 @@ def test_the_original_model_is_the_one_shard_workspace_model(tmp_path):
 
     digits = load("digits")
     settings = Settings(shards=1, slices=1, epochs=3)
-    from sisa.compare import _canonical
+    from sisa.research.compare import _canonical
 
     order = _canonical(digits, settings)
     X, y = digits.train.X[order], digits.label_index(digits.train.y[order], "train")

@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from sisa.cost import (expected_passes, expected_speedup, paper_batch_points, paper_one_by_one_points,
-                       paper_slicing_factor)
+from sisa.research.cost import (
+    expected_passes,
+    expected_speedup,
+    paper_batch_points,
+    paper_one_by_one_points,
+    paper_slicing_factor,
+)
 from sisa.settings import Settings
 
 

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from sisa.data import held_out_mask, load
-from sisa.errors import SisaError
-
 from conftest import make_table
+
+from sisa.data.sources import held_out_mask, load
+from sisa.errors import SisaError
 
 
 def write_idx(folder: Path, n_train: int = 30, n_test: int = 12, size: int = 28, gz: bool = True,

@@ -11,16 +11,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from conftest import edit_manifest, holdout_file, make_table, run_cli, tree
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from sisa.api import train_workspace
-from sisa.data import Dataset, load
-from sisa.ensemble import Ensemble
+from sisa.data.sources import Dataset, load
+from sisa.ops.delete import delete
+from sisa.ops.ensemble import Ensemble
+from sisa.ops.train import train_workspace
 from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.unlearn import delete
-
-from conftest import edit_manifest, make_table, run_cli, holdout_file, tree
+from sisa.workspace.files import Workspace
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SETTINGS = Settings(shards=3, slices=4, epochs=4, batch_size=32)

@@ -4,12 +4,21 @@ and clearly more for an over-fitted model that trained on them."""
 import numpy as np
 import pytest
 
-from sisa.compare import train_model
-from sisa.data import load
-from sisa.evaluation import (average_gap, confidence, lira, logit_confidence, losses, mia_efficacy, scores,
-                             simple_mia)
+from sisa.data.sources import load
+from sisa.research.compare import train_model
+from sisa.research.evaluation import (
+    average_gap,
+    confidence,
+    lira,
+    logit_confidence,
+    losses,
+    mia_efficacy,
+    scores,
+    simple_mia,
+)
 from sisa.settings import Settings
-from sisa.training import DataSpec, predict_probas
+from sisa.training.jobs import DataSpec
+from sisa.training.slices import predict_probas
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SEEDS = range(5)

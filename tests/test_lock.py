@@ -11,22 +11,21 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from sisa.api import train_workspace
-from sisa.data import load
-from sisa.errors import SisaError
-from sisa.ledger import Ledger
-from sisa.lock import WAIT, lock_path, workspace_lock
-from sisa.settings import Settings
-from sisa.store import Workspace
-
 from conftest import make_table, run_cli, tree
+
+from sisa.data.sources import load
+from sisa.errors import SisaError
+from sisa.ops.train import train_workspace
+from sisa.settings import Settings
+from sisa.workspace.files import Workspace
+from sisa.workspace.ledger import Ledger
+from sisa.workspace.lock import WAIT, lock_path, workspace_lock
 
 SETTINGS = Settings(shards=4, slices=2, epochs=2, batch_size=32)
 
 HOLD = """
 import sys, time
-from sisa.lock import workspace_lock
+from sisa.workspace.lock import workspace_lock
 with workspace_lock(sys.argv[1], exclusive=True):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -35,7 +34,7 @@ with workspace_lock(sys.argv[1], exclusive=True):
 TRY_LOCK = """
 import sys
 from sisa.errors import SisaError
-from sisa.lock import WAIT, workspace_lock
+from sisa.workspace.lock import WAIT, workspace_lock
 WAIT.set(False)
 try:
     with workspace_lock(sys.argv[1], exclusive=False):
@@ -110,7 +109,7 @@ def test_four_processes_deleting_at_once_lose_nothing(trained, tmp_path):
     finally:
         ledger.close()
     keep = ~np.isin(dataset.train.ids, list(removed))
-    from sisa.data import Dataset
+    from sisa.data.sources import Dataset
 
     fresh = Dataset(dataset.spec, dataset.train.take(keep), dataset.test, dataset.shape, dataset.classes,
                     dataset.scale, dataset.feature_names)

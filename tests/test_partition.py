@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sisa.data.partition import assign, check_sizes, shard_order
 from sisa.errors import SisaError
-from sisa.partition import assign, check_sizes, shard_order
 
 
 @settings(max_examples=30, deadline=None)

@@ -8,14 +8,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from sisa.api import train_workspace
-from sisa.data import load
-from sisa.executors import InProcessExecutor, RayExecutor
-from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.unlearn import delete
-
 from conftest import checkpoint_shas, run_cli
+
+from sisa.data.sources import load
+from sisa.ops.delete import delete
+from sisa.ops.train import train_workspace
+from sisa.settings import Settings
+from sisa.training.executors import InProcessExecutor, RayExecutor
+from sisa.workspace.files import Workspace
 
 SETTINGS = Settings(shards=3, slices=2, epochs=3, batch_size=64)
 
@@ -130,8 +130,8 @@ def test_two_node_cluster_trains_and_deletes(digits, local_reference, tmp_path):
 
 
 def test_auto_keeps_small_or_single_shard_work_in_process(digits, tmp_path):
-    from sisa.executors import AutoExecutor
-    from sisa.training import DataSpec, ShardJob
+    from sisa.training.executors import AutoExecutor
+    from sisa.training.jobs import DataSpec, ShardJob
 
     def jobs(n, rows, model="mlp", shape=(1, 8, 8)):
         settings = SETTINGS.replace(model=model, epochs=5)
@@ -160,7 +160,7 @@ def listening():
                 out.add(local)
     return out
 before = listening()
-from sisa.executors import _ensure_ray, _ray
+from sisa.training.executors import _ensure_ray, _ray
 ray = _ray()
 _ensure_ray(ray, None)
 after = listening() - before

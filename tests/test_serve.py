@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import checkpoint_shas, make_table, run_cli, tree
 
 FLAGS = ("--shards", "3", "--slices", "2", "--epochs", "3")
@@ -40,7 +39,7 @@ class ServerProcess:
             time.sleep(0.1)
 
     def answers(self) -> bool:
-        from sisa.serve import connect
+        from sisa.serve.server import connect
 
         sock = connect(self.workdir, timeout=1.0)
         if sock is not None:
@@ -199,7 +198,7 @@ def test_serve_refuses_a_folder_without_a_workspace(tmp_path):
 
 
 def test_peer_uid_reads_the_other_end(tmp_path):
-    from sisa.serve import peer_uid
+    from sisa.serve.server import peer_uid
 
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
@@ -310,7 +309,7 @@ def test_the_client_refuses_a_socket_it_cannot_trust(tmp_path, capsys, plant):
 
 
 def test_the_client_forwards_to_its_own_server_with_a_long_path(tmp_path, capsys):
-    from sisa.serve import forward
+    from sisa.serve.server import forward
 
     ws = tmp_path / ("w" * 60) / ("s" * 60)  # longer than an AF_UNIX address
     ws.mkdir(parents=True)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from sisa.errors import SisaError
-from sisa.store import Workspace, atomic_write, ids_digest, sha256_bytes
-
 from conftest import SECRET
 
+from sisa.errors import SisaError
+from sisa.ids import ids_digest
+from sisa.workspace.files import Workspace, atomic_write, sha256_bytes
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

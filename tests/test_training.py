@@ -4,14 +4,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from sisa.api import train_workspace
-from sisa.data import load
-from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.training import DataSpec, ShardJob, run_shard_job
-
 from conftest import checkpoint_shas
+
+from sisa.data.sources import load
+from sisa.ops.train import train_workspace
+from sisa.settings import Settings
+from sisa.training.jobs import DataSpec, ShardJob
+from sisa.training.slices import run_shard_job
+from sisa.workspace.files import Workspace
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 SMALL = Settings(shards=3, slices=3, epochs=3, batch_size=64)
@@ -100,8 +100,8 @@ def test_slices_train_on_the_union_so_far(tmp_path, digits):
 
 
 def test_a_slice_left_empty_by_the_hash_trains_on_the_rows_before_it(tmp_path):
-    from sisa.data import Dataset, Table
-    from sisa.partition import assign
+    from sisa.data.partition import assign
+    from sisa.data.sources import Dataset, Table
 
     ids = np.arange(14)
     seed = next(s for s in range(200) if _has_empty_slice(assign(ids, seed=s, shards=2, slices=3)))

@@ -8,15 +8,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import (
+    FAST,
+    checkpoint_shas,
+    copy_workspace,
+    make_table,
+    run_cli,
+    training_ids,
+    tree,
+)
 
-from sisa.api import SISAClassifier, train_workspace
-from sisa.data import load
+from sisa.data.sources import load
 from sisa.errors import SisaError
-from sisa.executors import InProcessExecutor
+from sisa.estimator import SISAClassifier
+from sisa.ops.train import train_workspace
 from sisa.settings import Settings
-from sisa.store import Workspace
-
-from conftest import FAST, checkpoint_shas, copy_workspace, make_table, training_ids, run_cli, tree
+from sisa.training.executors import InProcessExecutor
+from sisa.workspace.files import Workspace
 
 
 def deleted_ids(ws: Path) -> set:
@@ -160,7 +168,7 @@ def test_checkpoints_the_driver_cannot_see_are_never_committed(tmp_path, small_s
 
 
 def test_a_deletion_retrained_elsewhere_is_not_committed(small_trained, tmp_path):
-    from sisa.unlearn import delete
+    from sisa.ops.delete import delete
 
     ws = copy_workspace(small_trained, tmp_path)
     with pytest.raises(SisaError, match="nothing was committed"):
@@ -245,7 +253,7 @@ def test_builtin_test_rows_have_ids_of_their_own():
 
 
 def test_train_force_over_a_pending_deletion_completes_it(small_trained, tmp_path, small_source):
-    from sisa.ledger import Ledger
+    from sisa.workspace.ledger import Ledger
 
     ws = copy_workspace(small_trained, tmp_path)
     gone = training_ids(ws)[0]

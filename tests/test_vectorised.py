@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from sisa.api import train_workspace
-from sisa.data import load
-from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.unlearn import delete
-from sisa.vectorised import work_units
-
 from conftest import run_cli
 from test_delete import assert_identical, records, shard_layout, without
+
+from sisa.data.sources import load
+from sisa.ops.delete import delete
+from sisa.ops.train import train_workspace
+from sisa.settings import Settings
+from sisa.training.vectorised import work_units
+from sisa.workspace.files import Workspace
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
 # 3 shards in groups of 2: group 0 holds shards 0 and 1, group 1 holds shard 2 and an empty position
@@ -115,7 +114,7 @@ def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_pa
     weights; with AVX2 kernels nothing flipped and they stayed within 1e-6). In float64 the
     rounding is 2^29 times smaller, so such near-ties are that much rarer, and what separates
     the two paths is known: the vectorised update computes its per-member scalars in float32
-    (sisa.vectorised._update: Adam's step size lr/(1-b1^t) and sqrt(1-b2^t), AdamW's decay
+    (sisa.training.vectorised._update: Adam's step size lr/(1-b1^t) and sqrt(1-b2^t), AdamW's decay
     factor 1 - lr*wd, SGD's lr), and every other difference is float64 rounding.
 
     Bound. With u = 2^-24 (float32 rounding: |fl(x) - x| <= u|x|), a step that moves a weight
@@ -133,7 +132,10 @@ def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_pa
     to rho times its largest value (2 rho for the second moment: squared gradients).
     """
     import numpy as np
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
 
     train_in_float64(monkeypatch)
     states, log = {}, StepLog()

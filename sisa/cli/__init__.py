@@ -66,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
 
     if not getattr(args, "no_serve", True):  # a command that can be served, not told otherwise
-        from sisa.serve import forward
+        from sisa.serve.server import forward
 
         # a warm `sisa serve` on this workspace runs the command without torch's start-up
         try:
@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return fail(str(exc), 1)
         if status is not None:
             return status
-    from sisa.lock import WAIT
+    from sisa.workspace.lock import WAIT
 
     token = WAIT.set(not args.no_wait)
 

@@ -39,7 +39,13 @@ SETTINGS_FLAGS = ("shards", "slices", "model", "epochs", "batch_size", "lr", "op
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
     """The flags of :class:`sisa.settings.Settings` (unset ones fall back to the data's defaults)."""
-    from sisa.settings import DEVICES, EPOCH_SCHEDULES, OPTIMIZERS, SCHEDULERS, default_for
+    from sisa.settings import (
+        DEVICES,
+        EPOCH_SCHEDULES,
+        OPTIMIZERS,
+        SCHEDULERS,
+        default_for,
+    )
 
     group = parser.add_argument_group(
         "training settings", "defaults depend on the data where more than one is shown; an existing "
@@ -72,7 +78,7 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
 def dataset_and_settings(args: argparse.Namespace):
     """Load ``--data`` and build the settings: flags > the dataset's defaults > Settings' own."""
-    from sisa.data import load
+    from sisa.data.sources import load
     from sisa.settings import Settings
 
     dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
@@ -98,7 +104,7 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
 
 
 def executor_from(args: argparse.Namespace):
-    from sisa.executors import make_executor
+    from sisa.training.executors import make_executor
 
     for name in ("cpus_per_shard", "gpus_per_shard"):
         value = getattr(args, name)
@@ -127,8 +133,8 @@ def fmt_seconds(seconds: float) -> str:
 
 def recover_first(workdir: str, executor=None) -> None:
     """Finish deletions a crash interrupted before a command reads the models."""
-    from sisa.store import Workspace
-    from sisa.unlearn import complete_pending
+    from sisa.ops.commit import complete_pending
+    from sisa.workspace.files import Workspace
 
     workspace = Workspace(workdir)
     shards = complete_pending(workspace, executor=executor, progress=retrain_progress)

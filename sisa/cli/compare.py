@@ -8,7 +8,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sisa.cli._common import add_data_args, add_settings_args, dataset_and_settings, emit, info
+from sisa.cli._common import (
+    add_data_args,
+    add_settings_args,
+    dataset_and_settings,
+    emit,
+    info,
+)
 from sisa.errors import SisaError
 
 
@@ -105,8 +111,8 @@ class Compare:
         p.set_defaults(func=self._cmd, no_wait=False)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.baselines import METHODS
-        from sisa.compare import compare, format_table, write_chart
+        from sisa.research.baselines import METHODS
+        from sisa.research.compare import compare, format_table, write_chart
 
         if args.list_methods:
             lines = []
@@ -116,7 +122,7 @@ class Compare:
                 lines.append(f"{name:10s} {method.summary} ({settings})")
             emit(args, {name: METHODS.get(name).defaults for name in METHODS}, "\n".join(lines))
             return 0
-        from sisa.compare import DEFAULT_METHODS
+        from sisa.research.compare import DEFAULT_METHODS
 
         if args.methods is None:
             methods = list(DEFAULT_METHODS)

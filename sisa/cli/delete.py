@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from sisa.cli._common import (add_common, add_executor_args, emit, executor_from, fmt_seconds, info,
-                              recover_first, retrain_progress)
+from sisa.cli._common import (
+    add_common,
+    add_executor_args,
+    emit,
+    executor_from,
+    fmt_seconds,
+    info,
+    recover_first,
+    retrain_progress,
+)
 from sisa.errors import SisaError
 
 
@@ -83,8 +90,9 @@ class Delete:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.store import Workspace
-        from sisa.unlearn import delete, parse_ids, plan_deletion
+        from sisa.ids import parse_ids
+        from sisa.ops.delete import delete, plan_deletion
+        from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
         manifest = workspace.read_manifest()
@@ -128,7 +136,7 @@ def preview(values: list, limit: int = 10) -> str:
 def warn_if_numerics_differ(workspace) -> None:
     """Retraining under other numerics still forgets the rows, but the result is no longer
     bit-identical to training without them on the original machine: say so."""
-    from sisa.ensemble import environment_differences
+    from sisa.ops.ensemble import environment_differences
     from sisa.settings import Settings
 
     recorded = workspace.read_checkpoints_manifest().get("environment") or {}
@@ -148,8 +156,8 @@ class Recover:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.store import Workspace
-        from sisa.unlearn import complete_pending
+        from sisa.ops.commit import complete_pending
+        from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
         shards = complete_pending(workspace, executor=executor_from(args), progress=retrain_progress)
@@ -173,9 +181,9 @@ class Audit:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.audit import audit
-        from sisa.store import Workspace
-        from sisa.unlearn import parse_ids
+        from sisa.ids import parse_ids
+        from sisa.ops.audit import audit
+        from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
         manifest = workspace.read_manifest()
@@ -210,8 +218,8 @@ class Repair:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.repair import repair
-        from sisa.store import Workspace
+        from sisa.ops.repair import repair
+        from sisa.workspace.files import Workspace
 
         result = repair(Workspace(args.workdir), data_spec=args.data, executor=executor_from(args),
                         progress=retrain_progress)

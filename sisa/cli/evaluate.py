@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sisa.cli._common import add_common, recover_first, emit
+from sisa.cli._common import add_common, emit, recover_first
 
 
 class Eval:
@@ -16,11 +16,11 @@ class Eval:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.ensemble import Ensemble
-        from sisa.store import Workspace
+        from sisa.ops.ensemble import Ensemble
+        from sisa.workspace.files import Workspace
 
         recover_first(args.workdir)
-        from sisa.lock import workspace_lock
+        from sisa.workspace.lock import workspace_lock
 
         with workspace_lock(args.workdir, exclusive=False):
             result = Ensemble(Workspace(args.workdir)).evaluate()

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from sisa.cli._common import add_common, recover_first, info
+from sisa.cli._common import add_common, info, recover_first
 from sisa.errors import SisaError
 
 
@@ -26,17 +26,17 @@ class Predict:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.ensemble import Ensemble
-        from sisa.lock import workspace_lock
-        from sisa.store import Workspace
+        from sisa.ops.ensemble import Ensemble
+        from sisa.workspace.files import Workspace
+        from sisa.workspace.lock import workspace_lock
 
         recover_first(args.workdir)
         with workspace_lock(args.workdir, exclusive=False):
             return self._predict(args, Ensemble(Workspace(args.workdir)))
 
     def _predict(self, args: argparse.Namespace, ensemble) -> int:
-        from sisa.data import Dataset, LoadOptions, load_rows
-        from sisa.store import atomic_write
+        from sisa.data.sources import Dataset, LoadOptions, load_rows
+        from sisa.workspace.files import atomic_write
 
         data = ensemble.manifest["data"]
         like = Dataset(data["spec"], None, None, tuple(data["shape"]), ensemble.classes,

@@ -22,7 +22,7 @@ class Serve:
         p.set_defaults(func=self._cmd, json=False, no_wait=False)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.serve import serve
+        from sisa.serve.server import serve
 
         served = serve(args.workdir)
         print(f"sisa serve: stopped after {served} request(s)")

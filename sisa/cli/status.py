@@ -17,10 +17,9 @@ class Status:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.ensemble import Ensemble
-        from sisa.store import Workspace
-
-        from sisa.lock import workspace_lock
+        from sisa.ops.ensemble import Ensemble
+        from sisa.workspace.files import Workspace
+        from sisa.workspace.lock import workspace_lock
 
         with workspace_lock(args.workdir, exclusive=False):
             status = Ensemble(Workspace(args.workdir)).status()

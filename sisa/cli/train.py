@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sisa.cli._common import (
+    add_common,
+    add_data_args,
+    add_executor_args,
+    add_settings_args,
+    dataset_and_settings,
+    emit,
+    executor_from,
+    fmt_seconds,
+    info,
+)
 from sisa.errors import SisaError
-from sisa.cli._common import (add_common, add_data_args, add_executor_args, add_settings_args,
-                              dataset_and_settings, emit, executor_from, fmt_seconds, info)
 
 
 class Train:
@@ -29,7 +38,7 @@ class Train:
         p.set_defaults(func=self._cmd)
 
     def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.api import train_workspace
+        from sisa.ops.train import train_workspace
 
         dataset, settings = dataset_and_settings(args)
         executor = executor_from(args)

@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from conftest import make_table  # noqa: E402
 
-from sisa.api import train_workspace  # noqa: E402
-from sisa.data import load  # noqa: E402
+from sisa.data.sources import load  # noqa: E402
+from sisa.ops.train import train_workspace  # noqa: E402
 from sisa.settings import Settings  # noqa: E402
 
 SETTINGS = Settings(shards=4, slices=3, epochs=3, batch_size=32)

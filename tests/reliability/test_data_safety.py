@@ -12,11 +12,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import (
+    FAST,
+    checkpoint_shas,
+    copy_workspace,
+    edit_manifest,
+    holdout_file,
+    make_table,
+    run_cli,
+    training_ids,
+    tree,
+)
 
-from sisa.store import Workspace, rows_to_parquet
-
-from conftest import FAST, checkpoint_shas, copy_workspace, training_ids, edit_manifest, holdout_file, make_table, run_cli, tree
-
+from sisa.workspace.files import Workspace
+from sisa.workspace.rows import rows_to_parquet
 
 # -- 1. sisa never removes a file it did not write
 
@@ -47,12 +56,12 @@ def test_an_interrupted_force_keeps_the_old_workspace(small_trained, tmp_path, s
     ws = copy_workspace(small_trained, tmp_path)
     run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0])
     before = tree(ws)
-    import sisa.api
+    import sisa.ops.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sisa.api, "swap_in", interrupted)
+    monkeypatch.setattr(sisa.ops.train, "swap_in", interrupted)
     result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3", "--force")
     assert result.code == 130
     assert tree(ws) == before  # old workspace, ledger and all; no staging folder left
@@ -63,23 +72,23 @@ def test_a_crash_during_the_swap_is_finished_by_the_next_command(small_trained, 
     ws = copy_workspace(small_trained, tmp_path)
     gone = training_ids(ws)[0]
     run_cli("delete", "--workdir", ws, "--ids", gone)
-    import sisa.staging
+    import sisa.workspace.staging
 
-    real = sisa.staging.finish_swap
+    real = sisa.workspace.staging.finish_swap
     calls = {"n": 0}
 
     def crash_once(workspace):
         calls["n"] += 1
-        if calls["n"] == 1 and sisa.staging.swap_path(workspace).exists():
+        if calls["n"] == 1 and sisa.workspace.staging.swap_path(workspace).exists():
             raise KeyboardInterrupt  # the swap record is written, nothing moved yet
         return real(workspace)
 
-    monkeypatch.setattr(sisa.staging, "finish_swap", crash_once)
+    monkeypatch.setattr(sisa.workspace.staging, "finish_swap", crash_once)
     assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3",
                    "--force").code == 130
     status = run_cli("status", "--workdir", ws)
     assert status.code == 1 and "sisa recover" in status.err
-    monkeypatch.setattr(sisa.staging, "finish_swap", real)
+    monkeypatch.setattr(sisa.workspace.staging, "finish_swap", real)
     assert run_cli("recover", "--workdir", ws).code == 0
     fresh = tmp_path / "fresh"
     table = pq.read_table(small_source)
@@ -143,17 +152,17 @@ def test_repair_refuses_a_source_with_other_rows(small_trained, tmp_path, small_
 def test_replay_happens_inside_the_workspace_and_leaves_nothing(small_trained, tmp_path, monkeypatch):
     ws = copy_workspace(small_trained, tmp_path)
     run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0])
-    import sisa.audit
+    import sisa.ops.audit
 
     seen = []
-    real = sisa.audit.run_unit
+    real = sisa.ops.audit.run_unit
 
     def spy(jobs, *args):
         seen.extend(job.workdir for job in jobs)
         assert Path(jobs[0].workdir).parent == ws.resolve()
         return real(jobs, *args)
 
-    monkeypatch.setattr(sisa.audit, "run_unit", spy)
+    monkeypatch.setattr(sisa.ops.audit, "run_unit", spy)
     assert run_cli("audit", "--workdir", ws, "--replay").code == 0
     assert seen and not any(Path(w).exists() for w in seen)
 
@@ -163,7 +172,7 @@ def test_a_left_replay_folder_is_reported_and_removed(small_trained, tmp_path):
     left = ws / ".sisa-replay-abc123"
     (left / "shards").mkdir(parents=True)
     shutil.copy(next((ws / "shards").glob("shard-*.parquet")), left / "shards")
-    from sisa.audit import audit
+    from sisa.ops.audit import audit
 
     result = audit(Workspace(ws))  # the check itself, without the clean-up every command runs first
     assert not result["ok"] and any("interrupted command" in p for p in result["problems"])
@@ -244,7 +253,7 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, flag, v
 
 
 def test_a_full_disk_during_the_ledger_commit(small_trained, tmp_path, monkeypatch):
-    from sisa.ledger import Ledger
+    from sisa.workspace.ledger import Ledger
 
     ws = copy_workspace(small_trained, tmp_path)
     before = tree(ws)
@@ -288,7 +297,7 @@ def test_the_checkpoint_refusal_never_suggests_unpickling(small_trained, tmp_pat
     records = json.loads((ws / "checkpoints" / "manifest.json").read_text())["checkpoints"]
     target = ws / "checkpoints" / records[0]["file"]
     target.write_bytes(pickle.dumps({"x": Path("/")}))
-    from sisa.store import sha256_file
+    from sisa.workspace.files import sha256_file
 
     edit_manifest(ws / "checkpoints" / "manifest.json",
                   lambda m: m["checkpoints"][0].update(sha256=sha256_file(target)))

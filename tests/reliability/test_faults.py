@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli, tree
 
-from sisa.store import Workspace
+from sisa.workspace.files import Workspace
 
 
 def train_ids(ws):

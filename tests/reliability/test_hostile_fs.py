@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import SECRET, run_cli, tree
-
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 
@@ -196,7 +194,7 @@ def test_an_unknown_file_mode_setting_is_refused(tmp_path, table_file, monkeypat
 
 
 def test_the_ledger_and_its_companions_are_private(tmp_path, monkeypatch):
-    from sisa.ledger import Ledger
+    from sisa.workspace.ledger import Ledger
 
     monkeypatch.delenv("SISA_FILE_MODE", raising=False)
     old = os.umask(0o022)

@@ -144,7 +144,7 @@ def test_the_client_refuses_a_server_of_another_user(other_user, shared_folder, 
 
 
 def test_a_shared_flock_on_the_folder_blocks_no_writer(other_user, shared_folder):
-    from sisa.lock import WAIT, workspace_lock
+    from sisa.workspace.lock import WAIT, workspace_lock
 
     os.chmod(shared_folder, 0o755)  # readable by every user, writable by its owner only
 
@@ -166,7 +166,7 @@ def test_a_shared_flock_on_the_folder_blocks_no_writer(other_user, shared_folder
 
 
 def test_another_user_cannot_open_the_workspace_lock(other_user, shared_folder):
-    from sisa.lock import lock_path, workspace_lock
+    from sisa.workspace.lock import lock_path, workspace_lock
 
     os.chmod(shared_folder, 0o755)
     (shared_folder / "shards").mkdir()  # a workspace's: the lock file stays between commands
@@ -191,7 +191,7 @@ def test_another_user_cannot_open_the_workspace_lock(other_user, shared_folder):
 
 def test_a_lock_file_planted_by_another_user_is_refused(other_user, shared_folder):
     from sisa.errors import SisaError
-    from sisa.lock import lock_path, workspace_lock
+    from sisa.workspace.lock import lock_path, workspace_lock
 
     path = lock_path(shared_folder)  # the folder is writable by all: nobody creates the lock first
     assert as_other(lambda out: os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))) == ""

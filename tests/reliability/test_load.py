@@ -5,15 +5,14 @@ import random
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import checkpoint_shas, make_table, run_cli
 
-from sisa.api import train_workspace
-from sisa.data import Dataset, load
-from sisa.ledger import Ledger
+from sisa.data.sources import Dataset, load
+from sisa.ops.delete import delete
+from sisa.ops.train import train_workspace
 from sisa.settings import Settings
-from sisa.store import Workspace
-from sisa.unlearn import delete
+from sisa.workspace.files import Workspace
+from sisa.workspace.ledger import Ledger
 
 SETTINGS = Settings(shards=8, slices=3, epochs=2, batch_size=64)
 

@@ -6,10 +6,9 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from conftest import edit_manifest, run_cli
 
-from sisa.store import sha256_bytes
+from sisa.workspace.files import sha256_bytes
 
 
 def checkpoints(ws: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """Executors run shard jobs. Training code never knows which executor runs it.
 
-An executor takes a list of :class:`~sisa.training.ShardJob` and yields a
-:class:`~sisa.training.ShardResult` for each, in the order they finish. Jobs write only their
+An executor takes a list of :class:`~sisa.training.jobs.ShardJob` and yields a
+:class:`~sisa.training.jobs.ShardResult` for each, in the order they finish. Jobs write only their
 own checkpoint files; manifests are the caller's.
 """
 
@@ -12,8 +12,8 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
-from sisa.training import Progress, ShardJob, ShardResult
-from sisa.vectorised import run_unit, work_units
+from sisa.training.jobs import Progress, ShardJob, ShardResult
+from sisa.training.vectorised import run_unit, work_units
 
 
 class Executor(Protocol):
@@ -189,7 +189,7 @@ def verify_result(workspace, result: ShardResult) -> None:
     driver cannot read."""
     import platform
 
-    from sisa.store import sha256_file
+    from sisa.workspace.files import sha256_file
 
     for record in result.checkpoints:
         path = workspace.checkpoints_dir / record["file"]

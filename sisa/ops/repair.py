@@ -17,13 +17,17 @@ from typing import Any, Optional
 import numpy as np
 
 from sisa.errors import SisaError
-from sisa.executors import Executor
-from sisa.ledger import read_ledger
-from sisa.lock import workspace_lock
+from sisa.ids import id_order, ids_digest, key_text
+from sisa.ops.commit import complete_pending, retrain_shards
+from sisa.ops.delete import TEST_SHARD
 from sisa.settings import Settings
-from sisa.store import CHECKPOINTS_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet, sha256_file
-from sisa.training import Progress
-from sisa.unlearn import TEST_SHARD, complete_pending, key_text, orphan_files, retrain_shards
+from sisa.training.executors import Executor
+from sisa.training.jobs import Progress
+from sisa.workspace.files import CHECKPOINTS_FORMAT, Workspace, sha256_file
+from sisa.workspace.ledger import read_ledger
+from sisa.workspace.lock import workspace_lock
+from sisa.workspace.orphans import orphan_files
+from sisa.workspace.rows import rows_to_parquet
 
 
 def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: Optional[Executor] = None,
@@ -74,7 +78,7 @@ def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: O
         for path in orphan_files(workspace):
             path.unlink(missing_ok=True)
             actions.append(f"removed {path.relative_to(workspace.root)} (named by no manifest)")
-    from sisa.audit import audit
+    from sisa.ops.audit import audit
 
     result = audit(workspace)
     return {"actions": actions, "ok": result["ok"], "problems": result["problems"]}
@@ -82,8 +86,8 @@ def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: O
 
 def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[dict[str, Any]],
                   test_damaged: bool, data_spec: str, actions: list[str]) -> set[int]:
-    from sisa.data import load
-    from sisa.partition import assign, shard_order
+    from sisa.data.partition import assign, shard_order
+    from sisa.data.sources import load
 
     data = manifest["data"]
     settings = Settings.from_dict(manifest["settings"])
@@ -146,7 +150,7 @@ def _check_same_ids(what: str, ids, rows: int, expected: Optional[str], data_spe
 
 def _replace(workspace: Workspace, manifest: dict[str, Any], entry: dict[str, Any], payload: bytes,
              prefix: str, actions: list[str], retrain: set[int], shard: Optional[int] = None) -> None:
-    from sisa.store import sha256_bytes
+    from sisa.workspace.files import sha256_bytes
 
     shard = entry.get("shard", TEST_SHARD) if shard is None else shard
     if sha256_bytes(payload) == entry["sha256"]:
@@ -186,7 +190,7 @@ def _rebuild_checkpoints_manifest(workspace: Workspace, settings: Settings, acti
             if (counters.get("shard"), counters.get("slice"), counters.get("samples")) != (entry["shard"], slice_, n):
                 break
             records.append(record)
-    from sisa.training import numerics_environment
+    from sisa.training.slices import numerics_environment
 
     environment = numerics_environment(settings)
     workspace.write_json(workspace.checkpoints_manifest_path,

@@ -27,12 +27,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.ids import id_bytes
 from sisa.registry import Registry
 from sisa.settings import DATASET_DEFAULTS
+from sisa.workspace.rows import ARROW_THREADS
 
 DEFAULT_TEST_FRACTION = 0.2
 
-ARROW_THREADS = False
 """Parquet and CSV are read without Arrow's thread pool. Its workers can still be alive when
 the interpreter exits, and Arrow then aborts the finished process ("terminate called without
 an active exception", exit -6; seen once here in a `sisa train` subprocess, and reported for
@@ -170,13 +171,6 @@ def held_out_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
         dtype=bool, count=len(ids))
 
 
-def id_bytes(value: Any) -> bytes:
-    """Canonical bytes of an id: integers and strings never collide (3 and "3" differ)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return b"i:%d" % int(value)
-    if isinstance(value, str):
-        return b"s:" + value.encode("utf-8")
-    raise SisaError(f"ids must be integers or strings, got {value!r} ({type(value).__name__})")
 
 
 def check_features(X: np.ndarray, what: str) -> None:

@@ -14,16 +14,22 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sisa.ensemble import environment_differences
 from sisa.errors import SisaError
-from sisa.ledger import read_ledger
-from sisa.lock import workspace_lock
+from sisa.ids import ids_digest, key_text
+from sisa.ops.ensemble import environment_differences
 from sisa.settings import Settings
-from sisa.staging import REPLAY_PREFIX, make_scratch, scratch_folders, swap_path
-from sisa.store import Workspace, ids_digest, sha256_file
-from sisa.training import DataSpec, ShardJob
-from sisa.unlearn import key_text, orphan_files
-from sisa.vectorised import run_unit
+from sisa.training.jobs import DataSpec, ShardJob
+from sisa.training.vectorised import run_unit
+from sisa.workspace.files import Workspace, sha256_file
+from sisa.workspace.ledger import read_ledger
+from sisa.workspace.lock import workspace_lock
+from sisa.workspace.orphans import orphan_files
+from sisa.workspace.staging import (
+    REPLAY_PREFIX,
+    make_scratch,
+    scratch_folders,
+    swap_path,
+)
 
 
 def audit(workspace: Workspace, ids: Optional[Sequence] = None, *, replay: bool = False) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
                         f"hold personal data; 'sisa recover' removes it")
     if swap_path(workspace).exists():
         problems.append("an interrupted 'sisa train' is half swapped in; run 'sisa recover'")
-    from sisa.unlearn import TEST_SHARD
+    from sisa.ops.delete import TEST_SHARD
 
     # ids deleted before the last `train --force` (CARRIED_SHARD) were never in these files
     deleted_train = sum(1 for shard, _ in deleted.values() if shard >= 0)

@@ -13,91 +13,39 @@ previous slice's saved state, so an uninterrupted run and a resumed one run the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
+from sisa.ids import ids_digest
 from sisa.settings import Settings
-from sisa.store import Workspace, ids_digest
+from sisa.training.jobs import (
+    DataSpec,
+    Progress,
+    ShardJob,
+    ShardResult,
+    StepObserver,
+    derive_seed,
+)
+from sisa.workspace.files import Workspace
 
-Progress = Callable[[dict[str, Any]], None]
 """Called after each slice with the new checkpoint record (shard, slice, samples, seconds...)."""
 
 
-class StepObserver(Protocol):
-    """Sees every optimizer step of :func:`train_slice`: ``before_step`` just before the
-    optimizer updates the weights, ``after_step`` just after, each with the positions of the
-    batch's rows. Amnesiac unlearning logs updates this way."""
-
-    def before_step(self, batch: Any) -> None: ...
-
-    def after_step(self, batch: Any) -> None: ...
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """How to read stored rows: feature shape and dtype, fixed scale, number of classes."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float
-    n_classes: int
 
 
-@dataclass(frozen=True)
-class ShardJob:
-    """Train ``shard`` of the workspace at ``workdir`` from slice ``from_slice`` to the last.
-
-    ``start`` is the checkpoint record of slice ``from_slice - 1`` (None from slice 0).
-    """
-
-    workdir: str
-    shard: int
-    settings: Settings
-    data: DataSpec
-    shard_file: str
-    shard_sha256: str
-    from_slice: int = 0
-    start: Optional[dict[str, Any]] = None
-    slice_rows: tuple[int, ...] = ()
-    evaluate: Optional[tuple[str, str]] = None
-    """(file, sha256) of the test rows: the job then also returns its final model's class
-    probabilities on them, so evaluation runs where training ran (in parallel under Ray)."""
-
-    def sample_passes(self) -> int:
-        """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
-        rows = np.cumsum(self.slice_rows) if self.slice_rows else []
-        epochs = self.settings.slice_epochs()
-        return int(sum(rows[r] * epochs[r] for r in range(self.from_slice, len(rows))))
 
 
-@dataclass
-class ShardResult:
-    shard: int
-    checkpoints: list[dict[str, Any]]
-    environment: dict[str, Any]
-    seconds: float = 0.0
-    test_probas: Optional[np.ndarray] = None
-    host: str = field(default_factory=platform.node)
-    """The machine that wrote the checkpoint files (a Ray worker node, or this one)."""
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from its parts, e.g. (seed, shard, slice, epoch).
-
-    >>> derive_seed(0, 1, 2, 3) == derive_seed(0, 1, 2, 3) != derive_seed(0, 1, 2, 4)
-    True
-    """
-    text = ":".join(str(p) for p in ("sisa",) + parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 def numerics_environment(settings: Settings) -> dict[str, Any]:

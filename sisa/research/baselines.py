@@ -3,7 +3,7 @@
 Each method starts from a model trained on all the training rows and tries to make it forget
 a *forget* set, usually with a little training on the *retain* set (training rows minus
 forget). None of them is exact: the result is not the model that training without the forget
-set gives, and :mod:`sisa.evaluation` measures how far it lands from that model.
+set gives, and :mod:`sisa.research.evaluation` measures how far it lands from that model.
 
 Methods are registered in :data:`METHODS` with their default settings; :func:`run_method`
 runs one on a :class:`ForgetTask`. Training lengths are given as ``share``: passes over the data
@@ -31,7 +31,7 @@ from torch import nn
 from sisa.errors import SisaError
 from sisa.registry import Registry
 from sisa.settings import Settings
-from sisa.training import DataSpec, derive_seed
+from sisa.training.jobs import DataSpec, derive_seed
 
 
 @dataclass
@@ -371,7 +371,7 @@ class AmnesiacLog:
     tensors), enough to forget exactly the tracked rows; ``keep_updates=True`` also keeps each
     batch's update, to forget any subset of them, at the cost of one model copy per batch.
 
-    Pass it as ``observer`` to :func:`sisa.training.train_slice`.
+    Pass it as ``observer`` to :func:`sisa.training.slices.train_slice`.
     """
 
     def __init__(self, model: nn.Module, tracked: np.ndarray, *, keep_updates: bool = False) -> None:

@@ -32,14 +32,13 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from sisa.data import ARROW_THREADS, id_bytes
 from sisa.errors import SisaError
+from sisa.workspace.rows import ARROW_THREADS, ShardRows, parquet_to_rows
 
 WORKSPACE_FORMAT = "sisa-workspace/1"
 CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
@@ -267,68 +266,14 @@ def _sha256_of(opener) -> Optional[str]:
         os.close(fd)
 
 
-def ids_digest(ids: Iterable) -> str:
-    """sha256 of a set of ids, independent of their order.
-
-    >>> ids_digest([3, 1, 2]) == ids_digest([1, 2, 3]) != ids_digest([1, 2])
-    True
-    """
-    digest = hashlib.sha256()
-    for b in sorted(id_bytes(i) for i in ids):
-        digest.update(len(b).to_bytes(8, "little"))
-        digest.update(b)
-    return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class ShardRows:
-    """The rows of one shard in canonical (slice, key) order."""
-
-    ids: np.ndarray
-    slice: np.ndarray
-    label: np.ndarray
-    X: np.ndarray
 
 
-def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.ndarray],
-                    label: np.ndarray, X: np.ndarray) -> bytes:
-    """Serialise rows to Parquet bytes; features are one fixed-size list column, flattened."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    flat = np.ascontiguousarray(X.reshape(len(X), int(np.prod(X.shape[1:]))))
-    width = flat.shape[1]
-    columns = {"id": pa.array(ids.tolist() if ids.dtype == object else ids)}
-    if shard is not None:
-        columns["shard"] = pa.array(np.full(len(ids), shard, dtype=np.int32))
-        columns["slice"] = pa.array(slice_.astype(np.int32))
-    columns["label"] = pa.array(label.astype(np.int64))
-    columns["features"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer, compression="zstd")
-    return buffer.getvalue()
 
 
-def id_order(ids: np.ndarray) -> np.ndarray:
-    """A canonical order of rows by id, so a file's bytes never depend on the input order."""
-    if ids.dtype == object:
-        return np.argsort(np.array([str(i) for i in ids]), kind="stable")
-    return np.argsort(ids, kind="stable")
 
 
-def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRows:
-    import pyarrow.parquet as pq
-
-    # read_table would import pyarrow.dataset (0.1-0.2 s)
-    table = pq.ParquetFile(io.BytesIO(data)).read(use_threads=ARROW_THREADS)
-    id_col = table.column("id")
-    ids = np.asarray(id_col.to_pylist(), dtype=object) if id_col.type == "string" \
-        else id_col.to_numpy().astype(np.int64)
-    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    X = flat.astype(dtype, copy=False).reshape((len(ids),) + tuple(shape))
-    slice_ = table.column("slice").to_numpy().astype(np.int64) if "slice" in table.column_names \
-        else np.zeros(len(ids), dtype=np.int64)
-    return ShardRows(ids, slice_, table.column("label").to_numpy().astype(np.int64), X)
 
 
 # sisa's own names in shards/ and checkpoints/ (other files there, a README say, are left alone)
@@ -590,3 +535,23 @@ class Workspace:
 
     def verify_checkpoint(self, record: dict[str, Any]) -> bool:
         return self._sha256(("checkpoints", *record["file"].split("/"))) == record["sha256"]
+
+
+def file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and slices of a data file, read without the features."""
+    import pyarrow.parquet as pq
+
+    from sisa.workspace.files import sha256_file
+
+    path = workspace.shards_dir / entry["file"]
+    if sha256_file(path) != entry["sha256"]:
+        raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
+    parquet = pq.ParquetFile(path)
+    table = parquet.read(columns=[c for c in ("id", "slice") if c in parquet.schema_arrow.names],
+                         use_threads=ARROW_THREADS)
+    column = table.column("id")
+    ids = np.asarray(column.to_pylist(), dtype=object) if str(column.type) == "string" \
+        else column.to_numpy().astype(np.int64)
+    slices = table.column("slice").to_numpy() if "slice" in table.column_names else np.zeros(len(ids), int)
+    return ids, slices
+

@@ -13,8 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
-from sisa.data import id_bytes
 from sisa.errors import SisaError
+from sisa.ids import id_bytes
 
 
 def partition_keys(ids: Iterable, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sisa.errors import SisaError
-from sisa.store import Workspace, fsync_dir, make_folder
+from sisa.workspace.files import Workspace, fsync_dir, make_folder
 
 STAGING_PREFIX = ".sisa-staging-"
 REPLAY_PREFIX = ".sisa-replay-"
@@ -68,7 +68,7 @@ def remove_scratch(workspace: Workspace) -> list[Path]:
 
 def recorded_files(workspace: Workspace) -> list[str]:
     """Paths (relative to the workspace) of every file the workspace's manifests name."""
-    from sisa.ledger import ledger_files
+    from sisa.workspace.ledger import ledger_files
 
     # the ledger and the manifests are sisa's whatever state the manifests are in
     files = [str(p.relative_to(workspace.root)) for p in ledger_files(workspace.ledger_path)]

@@ -33,9 +33,16 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.store import Workspace
-from sisa.training import (DataSpec, Progress, ShardJob, ShardResult, derive_seed, deterministic_torch,
-                           numerics_environment, predict_probas, resume_training, run_shard_job, save_slice)
+from sisa.training.jobs import DataSpec, Progress, ShardJob, ShardResult, derive_seed
+from sisa.training.slices import (
+    deterministic_torch,
+    numerics_environment,
+    predict_probas,
+    resume_training,
+    run_shard_job,
+    save_slice,
+)
+from sisa.workspace.files import Workspace
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

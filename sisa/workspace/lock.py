@@ -72,9 +72,9 @@ def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
     """
     root = Path(root)
     if exclusive:
-        from sisa.store import make_folder
+        from sisa.workspace.files import make_folder
 
-        make_folder(root)  # 0700 (see sisa.store.creation_modes)
+        make_folder(root)  # 0700 (see sisa.workspace.files.creation_modes)
     elif not root.is_dir():
         yield
         return

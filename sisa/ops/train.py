@@ -7,25 +7,34 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from sisa.data import Dataset, Table
-from sisa.ensemble import Ensemble
 from sisa import __version__
+from sisa.data.partition import assign, check_sizes, shard_order
+from sisa.data.sources import Dataset, Table
 from sisa.errors import SisaError
-from sisa.executors import Executor, make_executor, verify_result
 from sisa.faults import crash_point
-from sisa.ledger import carry, read_ledger
-from sisa.lock import workspace_lock
+from sisa.ids import id_order, ids_digest, key_text
 from sisa.models import build_model
-from sisa.partition import assign, check_sizes, shard_order
+from sisa.ops.ensemble import Ensemble
 from sisa.settings import Settings
-from sisa.staging import STAGING_PREFIX, finish_swap, make_scratch, remove_scratch, swap_in, swap_path
-from sisa.store import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace, id_order, ids_digest, rows_to_parquet
-from sisa.training import DataSpec, Progress, ShardJob
-from sisa.unlearn import key_text, remove_orphans
+from sisa.training.executors import Executor, make_executor, verify_result
+from sisa.training.jobs import DataSpec, Progress, ShardJob
+from sisa.workspace.files import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace
+from sisa.workspace.ledger import carry, read_ledger
+from sisa.workspace.lock import workspace_lock
+from sisa.workspace.orphans import remove_orphans
+from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.staging import (
+    STAGING_PREFIX,
+    finish_swap,
+    make_scratch,
+    remove_scratch,
+    swap_in,
+    swap_path,
+)
 
 
 def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *,
@@ -37,7 +46,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
 
     Everything that can be wrong with the input is checked before the first file is written,
     so bad input leaves the folder as it was. The new workspace is built beside the old one
-    and swapped in only when complete (:mod:`sisa.staging`): an interrupted ``force`` keeps
+    and swapped in only when complete (:mod:`sisa.workspace.staging`): an interrupted ``force`` keeps
     the old workspace. The deletion ledger carries over: ids deleted earlier are left out of
     the new training (unless ``discard_deletions``, which trains on them again).
     Returns a summary (seconds, test accuracy, rows excluded...).
@@ -52,7 +61,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     check_test_ids(dataset)
     model = build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
     if settings.vectorise > 1:
-        from sisa.vectorised import check_vectorisable
+        from sisa.training.vectorised import check_vectorisable
 
         check_vectorisable(model)
     if settings.device == "cuda":
@@ -236,110 +245,5 @@ def _build(stage: Workspace, dataset, settings, assignment, counts, labels, test
     return records, test_probas, manifest
 
 
-def array_dataset(X: Any, y: Any, ids: Any = None) -> Dataset:
-    """Arrays as a :class:`Dataset`, with the checks and messages the CLI gives a table."""
-    from sisa.data import check_features, integral_labels
-
-    X = np.asarray(X)
-    if X.ndim < 2:
-        raise SisaError(f"X must have one row per sample and at least one feature (2-D or more), "
-                        f"got shape {X.shape}; reshape a single feature with X.reshape(-1, 1)")
-    if X.dtype.kind not in "uifb":
-        raise SisaError(f"X must be numeric, got dtype {X.dtype}")
-    if y is None:
-        raise SisaError("fit needs labels y")
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise SisaError(f"y must be one label per row (1-D), got shape {y.shape}")
-    if len(X) != len(y):
-        raise SisaError(f"X has {len(X)} rows but y has {len(y)}")
-    if y.dtype.kind in "fc":
-        y = integral_labels(y.real if y.dtype.kind == "c" else y, "y")
-    elif y.dtype.kind == "O" and any(isinstance(v, float) for v in y.tolist()):
-        raise SisaError("y mixes numbers and other values; labels must be classes (integers or text)")
-    elif y.dtype.kind not in "iubUO":
-        raise SisaError(f"y must hold classes (integers or text), got dtype {y.dtype}")
-    ids = np.arange(len(X), dtype=np.int64) if ids is None else np.asarray(ids)
-    if ids.dtype.kind == "U":
-        ids = ids.astype(object)
-    if len(ids) != len(X) or len(np.unique(ids)) != len(ids):
-        raise SisaError("ids must be unique, one per row")
-    dtype = X.dtype if X.dtype.kind in "uf" and X.dtype != np.float16 else np.float32
-    X = X.astype(dtype)
-    check_features(X, "X")
-    classes = sorted({v.item() if hasattr(v, "item") else v for v in y})
-    if len({type(c) for c in classes}) > 1:
-        raise SisaError("y mixes numbers and text; labels must all be integers or all text")
-    return Dataset("array", Table(ids, X, y), None, tuple(X.shape[1:]), classes)
 
 
-class SISAClassifier:
-    """SISA ensemble classifier backed by a workspace folder.
-
-    Settings are those of :class:`sisa.settings.Settings`; ``fit`` partitions the rows into
-    ``workdir/shards``, trains every shard slice by slice into ``workdir/checkpoints`` and
-    returns ``self``.
-
-    >>> import tempfile
-    >>> from sisa.data import load
-    >>> digits = load("digits")
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     clf = SISAClassifier(tmp, shards=2, slices=2, epochs=10).fit(digits)
-    ...     clf.predict_proba(digits.test.X).shape, clf.score(digits.test.X, digits.test.y) > 0.9
-    ((346, 10), True)
-    """
-
-    def __init__(self, workdir: str | Path = ".", *, executor: str = "local", **settings: Any) -> None:
-        self.workdir = Path(workdir)
-        self.executor = executor
-        self.settings = Settings(**settings)
-
-    def fit(self, X: Dataset | np.ndarray, y: Optional[Sequence] = None, *,
-            ids: Optional[Sequence] = None, force: bool = False,
-            progress: Optional[Progress] = None) -> "SISAClassifier":
-        """Train on a :class:`sisa.data.Dataset`, or on arrays ``X``, ``y`` with optional ids
-        (default: row numbers)."""
-        dataset = X if isinstance(X, Dataset) else array_dataset(X, y, ids)
-        self.dataset_ = dataset
-        self.summary_ = train_workspace(self.workdir, dataset, self.settings, force=force,
-                                        executor=make_executor(self.executor), progress=progress)
-        return self._loaded()
-
-    @classmethod
-    def load(cls, workdir: str | Path = ".") -> "SISAClassifier":
-        """The trained classifier of an existing workspace."""
-        ensemble = Ensemble(Workspace(workdir))
-        clf = cls(workdir, **ensemble.settings.to_dict())
-        return clf._loaded(ensemble)
-
-    def _loaded(self, ensemble: Optional[Ensemble] = None) -> "SISAClassifier":
-        self.ensemble_ = ensemble or Ensemble(Workspace(self.workdir))
-        self.classes_ = np.asarray(self.ensemble_.classes)
-        return self
-
-    def _fitted(self) -> Ensemble:
-        if not hasattr(self, "ensemble_"):
-            raise SisaError("this SISAClassifier is not fitted; call fit or SISAClassifier.load")
-        return self.ensemble_
-
-    def delete(self, ids: Sequence, *, ignore_missing: bool = False,
-               progress: Optional[Progress] = None) -> dict[str, Any]:
-        """Forget training rows exactly (as ``sisa delete``); returns what was done."""
-        from sisa.unlearn import delete
-
-        self._fitted()
-        result = delete(Workspace(self.workdir), list(ids), ignore_missing=ignore_missing,
-                        executor=make_executor(self.executor), progress=progress)
-        self._loaded(Ensemble(Workspace(self.workdir)))
-        return result
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Aggregated class probabilities, shape (rows, classes), columns in ``classes_`` order."""
-        return self._fitted().predict_proba(X)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        proba = self.predict_proba(X)
-        return self.classes_[proba.argmax(axis=1)]
-
-    def score(self, X: np.ndarray, y: Sequence) -> float:
-        return float(np.mean(self.predict(X) == np.asarray(y)))

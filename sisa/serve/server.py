@@ -210,7 +210,7 @@ class Server:
     """Serves forwarded commands for the workspace at ``workdir`` until stopped."""
 
     def __init__(self, workdir: os.PathLike | str) -> None:
-        from sisa.store import Workspace
+        from sisa.workspace.files import Workspace
 
         self.root = Path(workdir).resolve()
         Workspace(self.root).read_manifest()  # refuse a folder that holds no workspace
@@ -226,10 +226,10 @@ class Server:
         import torch  # noqa: F401
         import torch._dynamo  # noqa: F401  - what every optimizer's first step imports
 
-        import sisa.audit  # noqa: F401
         import sisa.cli  # noqa: F401
-        import sisa.executors  # noqa: F401
-        import sisa.unlearn  # noqa: F401
+        import sisa.ops.audit  # noqa: F401
+        import sisa.ops.delete  # noqa: F401
+        import sisa.training.executors  # noqa: F401
         return time.perf_counter() - started
 
     def bind(self) -> None:

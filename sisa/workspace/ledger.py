@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS deleted (
 def _refuse_links(path: Path) -> None:
     """Refuse a ledger whose database or SQLite companion files are links (SQLite would follow
     them and write wherever they point) or, unless allowed, another user's."""
-    from sisa.store import check_entry
+    from sisa.workspace.files import check_entry
 
     for suffix in ("", "-wal", "-shm", "-journal"):
         check_entry(f"{path}{suffix}")
@@ -45,7 +45,7 @@ def _refuse_links(path: Path) -> None:
 def _prepare_file(path: Path) -> None:
     """Create a missing ledger file with sisa's file mode (0600 by default) before SQLite opens
     it: SQLite gives its -wal, -shm and -journal files the database file's permissions."""
-    from sisa.store import creation_modes
+    from sisa.workspace.files import creation_modes
 
     _refuse_links(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

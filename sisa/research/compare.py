@@ -5,13 +5,13 @@ For one dataset and one forget set it trains, with the same settings:
 - the *original* model on every training row (one model, as ``--shards 1 --slices 1``);
 - the *retrained* model on the retain rows only: the gold standard, and the time every method's
   speedup is measured against;
-- each approximate method of :mod:`sisa.baselines`, starting from a copy of the original;
+- each approximate method of :mod:`sisa.research.baselines`, starting from a copy of the original;
 - SISA: a sharded ensemble trained on every row, then ``sisa delete`` of the forget set (the
   timed part), and a second ensemble trained without the forget set, which the first must now
   equal bit for bit;
 - optionally shadow models for a LiRA-style per-example attack.
 
-Every model is scored by :mod:`sisa.evaluation`; the result is one table (a list of rows).
+Every model is scored by :mod:`sisa.research.evaluation`; the result is one table (a list of rows).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from sisa.data import Dataset
+from sisa.data.sources import Dataset
 from sisa.errors import SisaError
-from sisa.evaluation import logit_confidence, lira, scores, summarise
+from sisa.research.evaluation import lira, logit_confidence, scores, summarise
 from sisa.settings import Settings
-from sisa.training import DataSpec
+from sisa.training.jobs import DataSpec
 
 Info = Callable[[str], None]
 
@@ -62,7 +62,7 @@ def forget_mask(dataset: Dataset, spec: str, *, seed: int) -> np.ndarray:
                             f"{', '.join(map(str, dataset.classes[:20]))})")
         mask = np.array([str(v) == value for v in train.y], dtype=bool)
     elif kind == "ids":
-        from sisa.unlearn import key_text, parse_ids
+        from sisa.ids import key_text, parse_ids
 
         path = Path(value)
         if not path.is_file():
@@ -87,7 +87,7 @@ def forget_mask(dataset: Dataset, spec: str, *, seed: int) -> np.ndarray:
 
 def _canonical(dataset: Dataset, settings: Settings) -> np.ndarray:
     """Training rows in the order a one-shard, one-slice workspace trains them."""
-    from sisa.partition import assign, shard_order
+    from sisa.data.partition import assign, shard_order
 
     return shard_order(assign(dataset.train.ids, seed=settings.seed, shards=1, slices=1), 0)
 
@@ -96,12 +96,16 @@ def train_model(settings: Settings, data: DataSpec, X: np.ndarray, y: np.ndarray
                 amnesiac_rows: Optional[np.ndarray] = None):
     """One model on rows ``X``, ``y`` (in this order) with ``settings``: the model a workspace
     with one shard and one slice would hold for these rows. With ``amnesiac_rows`` (a mask
-    over the rows), an :class:`~sisa.baselines.AmnesiacLog` records the updates of batches
+    over the rows), an :class:`~sisa.research.baselines.AmnesiacLog` records the updates of batches
     holding them. Returns (model, seconds, log or None)."""
     import torch
 
-    from sisa.baselines import AmnesiacLog
-    from sisa.training import deterministic_torch, make_training_state, train_slice
+    from sisa.research.baselines import AmnesiacLog
+    from sisa.training.slices import (
+        deterministic_torch,
+        make_training_state,
+        train_slice,
+    )
 
     mono = dataclasses.replace(settings, shards=1, slices=1)
     started = time.perf_counter()
@@ -117,7 +121,7 @@ def train_model(settings: Settings, data: DataSpec, X: np.ndarray, y: np.ndarray
 
 
 def _probas(model, X: np.ndarray, settings: Settings, data: DataSpec) -> np.ndarray:
-    from sisa.training import predict_probas
+    from sisa.training.slices import predict_probas
 
     return predict_probas(model.state_dict(), X, settings=settings, data=data)
 
@@ -135,8 +139,8 @@ def compare(dataset: Dataset, settings: Settings, forget: str, *,
     import torch
     import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
 
-    from sisa.baselines import METHODS, ForgetTask, run_method
-    from sisa.training import deterministic_torch
+    from sisa.research.baselines import METHODS, ForgetTask, run_method
+    from sisa.training.slices import deterministic_torch
 
     for name in methods:
         METHODS.get(name)  # unknown names fail before any training
@@ -203,12 +207,13 @@ def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, s
               workdir: Optional[str], info: Info) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train SISA on every row, delete the forget rows (timed), then train SISA without them
     and check the two ensembles are the same, checkpoint for checkpoint."""
-    from sisa.api import train_workspace
-    from sisa.ensemble import Ensemble
-    from sisa.evaluation import average_gap
-    from sisa.executors import make_executor
-    from sisa.store import Workspace
-    from sisa.unlearn import delete, key_text
+    from sisa.ids import key_text
+    from sisa.ops.delete import delete
+    from sisa.ops.ensemble import Ensemble
+    from sisa.ops.train import train_workspace
+    from sisa.research.evaluation import average_gap
+    from sisa.training.executors import make_executor
+    from sisa.workspace.files import Workspace
 
     executor = make_executor("local")
     root = Path(tempfile.mkdtemp(prefix="sisa-compare-", dir=workdir))
@@ -253,8 +258,8 @@ def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, s
 def _lira(rows: list[dict[str, Any]], settings: Settings, data: DataSpec, retain_X: np.ndarray,
           retain_y: np.ndarray, sets, set_labels, *, shadows: int, info: Info) -> dict[str, Any]:
     """Train ``shadows`` models on retain plus a random half of the candidates (forget and
-    test rows), then score every row's model with :func:`sisa.evaluation.lira`."""
-    from sisa.training import derive_seed
+    test rows), then score every row's model with :func:`sisa.research.evaluation.lira`."""
+    from sisa.training.jobs import derive_seed
 
     candidates = np.concatenate([sets["forget"], sets["test"]])
     labels = np.concatenate([set_labels["forget"], set_labels["test"]])

@@ -9,8 +9,13 @@ import numpy as np
 from sisa.aggregation import aggregate
 from sisa.errors import SisaError
 from sisa.settings import Settings
-from sisa.store import ShardRows, Workspace, sha256_file
-from sisa.training import DataSpec, deterministic_torch, numerics_environment, predict_probas
+from sisa.training.jobs import DataSpec
+from sisa.training.slices import (
+    deterministic_torch,
+    numerics_environment,
+    predict_probas,
+)
+from sisa.workspace.files import ShardRows, Workspace, sha256_file
 
 
 class Ensemble:
@@ -20,12 +25,12 @@ class Ensemble:
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     clf = sisa.SISAClassifier(tmp, shards=2, slices=1, epochs=1).fit(
     ...         np.eye(4, dtype=np.float32).repeat(5, 0), np.arange(20) % 2)
-    ...     Ensemble(sisa.store.Workspace(tmp)).predict_proba(np.eye(4, dtype=np.float32)).shape
+    ...     Ensemble(sisa.workspace.files.Workspace(tmp)).predict_proba(np.eye(4, dtype=np.float32)).shape
     (4, 2)
     """
 
     def __init__(self, workspace: Workspace) -> None:
-        from sisa.staging import check_no_swap
+        from sisa.workspace.staging import check_no_swap
 
         self.workspace = workspace
         check_no_swap(workspace)
@@ -122,7 +127,7 @@ class Ensemble:
         data = self.manifest["data"]
         recorded = self.checkpoints_manifest.get("environment") or {}
         deletions = {"deleted_ids": 0, "pending": 0}
-        from sisa.ledger import read_counts
+        from sisa.workspace.ledger import read_counts
 
         counts = read_counts(self.workspace.ledger_path)
         deletions = {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]}
@@ -148,7 +153,7 @@ class Ensemble:
 def _pending_shards(workspace: Workspace) -> set[int]:
     """Shards with deletions recorded but not committed: their checkpoints may have seen
     deleted rows, so they are never used until retrained."""
-    from sisa.ledger import read_pending
+    from sisa.workspace.ledger import read_pending
 
     return {shard for shard, _ in read_pending(workspace.ledger_path).values() if shard >= 0}
 
