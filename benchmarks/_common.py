@@ -30,3 +30,21 @@ def pyplot():
         print("matplotlib is not installed: no plot (pip install 'sisa[plots]')", file=sys.stderr)
         return None
     return plt
+
+
+def checkpoints(workdir: Path) -> tuple:
+    """The workspace's checkpoint records, read and checked through sisa's workspace layer."""
+    from sisa.workspace.files import Workspace
+
+    return Workspace(workdir).checkpoints().checkpoints
+
+
+def checkpoint_shas(workdir: Path) -> dict:
+    """(shard, slice) -> sha256 of every checkpoint of the workspace."""
+    return {(r.shard, r.slice): r.sha256 for r in checkpoints(workdir)}
+
+
+def retrained_seconds(workdir: Path, result: dict) -> float:
+    """Training seconds of the slices a deletion (its ``--json`` result) retrained."""
+    starts = {r["shard"]: r["from_slice"] for r in result["retrained"]}
+    return sum(r.seconds for r in checkpoints(workdir) if r.shard in starts and r.slice >= starts[r.shard])

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import retrained_seconds  # benchmarks/ is the script's folder
+
 CONFIGS = [
     ("digits", "mlp", 5),
     ("fashion-mnist", "mlp", 8),
@@ -59,10 +61,7 @@ def timed_delete(trained: Path, scratch: Path, ids: list[int]) -> dict:
         shutil.rmtree(scratch)
     shutil.copytree(trained, scratch)
     result, wall = sisa("delete", "--workdir", str(scratch), "--ids", ",".join(map(str, ids)))
-    manifest = json.loads((scratch / "checkpoints" / "manifest.json").read_text())
-    retrained = {(r["shard"], r["slice"]) for r in manifest["checkpoints"]
-                 for x in result["retrained"] if r["shard"] == x["shard"] and r["slice"] >= x["from_slice"]}
-    compute = sum(r["seconds"] for r in manifest["checkpoints"] if (r["shard"], r["slice"]) in retrained)
+    compute = retrained_seconds(scratch, result)
     return {"ids": ids, "wall_seconds": round(wall, 2), "command_seconds": result["seconds"],
             "compute_seconds": round(compute, 2), "retrained": result["retrained"]}
 

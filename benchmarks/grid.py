@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import pyplot, run_record  # benchmarks/ is the script's folder
+from _common import pyplot, retrained_seconds, run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,7 +63,7 @@ def timed_delete(workdir: Path, ident) -> dict:
 def served_deletes(trained: Path, scratch: Path, ids: list) -> list[dict]:
     """`sisa delete` of one id at a time as its own (client) process, served by one warm
     `sisa serve` of ``scratch``, whose shards and checkpoints are restored before each id."""
-    from sisa.serve.server import connect
+    from sisa.serve.client import connect
 
     def restore() -> None:
         for part in ("shards", "checkpoints"):
@@ -99,9 +99,10 @@ def stratified_ids(workdir: Path, seed: int, shard: int = 0) -> list:
     quantity theory predicts), which a median of a few random ids only estimates roughly."""
     import pyarrow.parquet as pq
 
-    manifest = json.loads((workdir / "shards" / "manifest.json").read_text())
-    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
-    table = pq.read_table(workdir / "shards" / entry["file"], columns=["id", "slice"])
+    from sisa.workspace.files import Workspace
+
+    entry = Workspace(workdir).manifest().shard(shard)
+    table = pq.read_table(workdir / "shards" / entry.file, columns=["id", "slice"])
     ids, slices = table.column("id").to_pylist(), np.asarray(table.column("slice"))
     rng = np.random.default_rng(seed)
     return [ids[rng.choice(np.flatnonzero(slices == r))] for r in range(int(slices.max()) + 1)]
@@ -118,13 +119,6 @@ def one_deletion_summary(runs: list[dict], mono_wall: float, mono_compute: float
             "speedup_end_to_end": mono_wall / wall, "speedup_compute": mono_compute / compute,
             "theory_speedup": theory, "measured_over_theory_end_to_end": mono_wall / wall / theory,
             "measured_over_theory_compute": mono_compute / compute / theory, "runs": runs}
-
-
-def retrained_seconds(workdir: Path, result: dict) -> float:
-    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
-    starts = {r["shard"]: r["from_slice"] for r in result["retrained"]}
-    return sum(r["seconds"] for r in manifest["checkpoints"]
-               if r["shard"] in starts and r["slice"] >= starts[r["shard"]])
 
 
 def monolithic(args, base: dict, workdir: Path) -> dict:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import checkpoint_shas  # benchmarks/ is the script's folder
+
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = dict(shards=8, slices=3, epochs=2, batch_size=64)
 
@@ -42,11 +44,6 @@ def write_table(path: Path, n: int) -> None:
     for j in range(4):
         columns[f"f{j}"] = pa.array(X[:, j])
     pq.write_table(pa.table(columns), path)
-
-
-def checkpoint_shas(workdir: Path) -> dict:
-    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
-    return {(r["shard"], r["slice"]): r["sha256"] for r in manifest["checkpoints"]}
 
 
 def main() -> int:

@@ -21,6 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _common import checkpoint_shas  # benchmarks/ is the script's folder
+
 
 def train(data: str, model: str, shards: int, executor: str) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as workdir:
@@ -31,8 +33,7 @@ def train(data: str, model: str, shards: int, executor: str) -> tuple[dict, floa
         wall = time.perf_counter() - started
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
-        manifest = json.loads((Path(workdir) / "checkpoints" / "manifest.json").read_text())
-        shas = sorted(r["sha256"] for r in manifest["checkpoints"])
+        shas = sorted(checkpoint_shas(Path(workdir)).values())
     return {**json.loads(done.stdout), "checkpoint_sha256s": shas}, wall
 
 

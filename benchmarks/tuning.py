@@ -59,7 +59,7 @@ def aggregation_accuracies(workdir: Path) -> dict[str, float]:
     ensemble = Ensemble(Workspace(workdir))
     rows = ensemble.test_rows()
     probas = ensemble.shard_probas(rows.X)
-    sizes = [ensemble.shard_sizes()[r["shard"]] for r in ensemble.final_records()]
+    sizes = [ensemble.shard_sizes()[r.shard] for r in ensemble.final_records()]
     scores = {name: aggregate(name, probas, sizes) for name in AGGREGATORS}
     scores["geometric-mean (not an aggregator)"] = np.log(np.clip(probas, 1e-12, None)).mean(axis=0)
     return {name: float(np.mean(s.argmax(1) == rows.label)) for name, s in scores.items()}

@@ -22,14 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_record  # benchmarks/ is the script's folder
+from _common import checkpoint_shas, run_record  # benchmarks/ is the script's folder
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def shas(workdir: Path) -> dict:
-    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
-    return {(r["shard"], r["slice"]): r["sha256"] for r in manifest["checkpoints"]}
+    return checkpoint_shas(workdir)
 
 
 def layout(workdir: Path) -> dict:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sisa.errors import SisaError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["SISAClassifier", "Settings", "SisaError", "train_workspace", "__version__"]
 
 _LAZY = {"SISAClassifier": "sisa.estimator", "train_workspace": "sisa.ops.train", "Settings": "sisa.settings"}

@@ -1,16 +1,20 @@
-"""Model registry: each entry builds a fresh ``nn.Module`` for an input shape and class count."""
+"""Model registry: each entry builds a fresh ``nn.Module`` for an input shape and class count.
+
+torch is imported by the builders, not by this module: settings validate a model's name
+against the registry, and ``import sisa; sisa.Settings()`` must stay free of torch.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-import torch  # noqa: F401  - the doctest of build_model uses it
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
 
-ModelFactory = Callable[[Sequence[int], int], nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelFactory = Callable[[Sequence[int], int], "nn.Module"]
 """(input shape without the batch axis, number of classes) -> module returning logits."""
 
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -33,12 +37,16 @@ def _image_shape(name: str, shape: Sequence[int]) -> tuple[int, int, int]:
 @MODELS.register("logreg")
 def logreg(shape: Sequence[int], n_classes: int) -> nn.Module:
     """Multinomial logistic regression on the flattened input."""
+    from torch import nn
+
     return nn.Sequential(nn.Flatten(), nn.Linear(_features(shape), n_classes))
 
 
 @MODELS.register("mlp")
 def mlp(shape: Sequence[int], n_classes: int) -> nn.Module:
     """Two hidden layers (256, 128) with ReLU, on the flattened input."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(_features(shape), 256), nn.ReLU(),
@@ -50,6 +58,8 @@ def mlp(shape: Sequence[int], n_classes: int) -> nn.Module:
 @MODELS.register("cnn")
 def cnn(shape: Sequence[int], n_classes: int) -> nn.Module:
     """A small conv net for small images: two conv+pool blocks, then two linear layers."""
+    from torch import nn
+
     channels, height, width = _image_shape("cnn", shape)
     flat = 64 * (height // 4) * (width // 4)
     if flat == 0:
@@ -66,6 +76,7 @@ def cnn(shape: Sequence[int], n_classes: int) -> nn.Module:
 @MODELS.register("resnet18")
 def resnet18(shape: Sequence[int], n_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3, stride-1 stem and no max-pool, for small images."""
+    from torch import nn
     from torchvision.models import resnet18 as tv_resnet18
 
     channels, _, _ = _image_shape("resnet18", shape)
@@ -78,6 +89,7 @@ def resnet18(shape: Sequence[int], n_classes: int) -> nn.Module:
 def build_model(name: str, shape: Sequence[int], n_classes: int) -> nn.Module:
     """Build model ``name`` for rows of ``shape`` and ``n_classes`` classes.
 
+    >>> import torch
     >>> build_model("logreg", (64,), 10)(torch.zeros(2, 64)).shape
     torch.Size([2, 10])
     """

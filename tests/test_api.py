@@ -3,8 +3,8 @@ import pytest
 from conftest import run_cli, tree
 
 import sisa
-from sisa import SisaError
 from sisa.data.sources import load
+from sisa.errors import SisaError
 from sisa.estimator import SISAClassifier
 from sisa.workspace.files import Workspace
 

@@ -210,7 +210,8 @@ def test_amnesiac_log_forgets_a_subset_only_with_kept_updates():
 
 
 def _train_with(settings, data, X, y, tracked):
-    from sisa.training.slices import deterministic_torch, train_slice
+    from sisa.training.numerics import deterministic_torch
+    from sisa.training.slices import train_slice
 
     with deterministic_torch(settings):
         model, optimizer, scheduler = make_training_state(settings, data, 0)

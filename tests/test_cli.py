@@ -214,3 +214,25 @@ def test_a_hand_edited_manifest_is_detected(tmp_path):
     for command in (("status",), ("eval",), ("predict", "--input", "digits"), ("audit",)):
         result = run_cli(*command, "--workdir", tmp_path)
         assert result.code == 1 and "was edited or damaged" in result.err, command
+
+
+def test_the_environment_is_read_when_a_command_runs_and_passed_on(monkeypatch):
+    from sisa.cli import build_parser
+    from sisa.cli.base import Environment
+
+    monkeypatch.setenv("SISA_EXECUTOR", "ray")
+    args = build_parser().parse_args(["delete", "--ids", "1"])
+    assert args.executor is None  # the parser reads no environment: main() does, once
+    env = Environment.from_mapping({"SISA_EXECUTOR": "local", "SISA_LOCK_TIMEOUT": "5", "HOME": "/"})
+    assert env.to_mapping() == {"SISA_EXECUTOR": "local", "SISA_LOCK_TIMEOUT": "5"}  # what a client forwards
+    assert env.default_executor() == "local" and env.lock_seconds() == 5.0
+    assert Environment().default_executor() == "auto" and Environment().lock_seconds() == 600.0
+
+
+def test_every_subcommand_has_its_own_module():
+    from sisa.cli.app import commands
+
+    modules = [type(command).__module__ for command in commands()]
+    assert len(set(modules)) == len(modules) == 10
+    assert all(module == f"sisa.cli.{command.name.replace('eval', 'evaluate')}"
+               for module, command in zip(modules, commands()))

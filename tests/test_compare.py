@@ -113,7 +113,7 @@ def test_the_original_model_is_the_one_shard_workspace_model(tmp_path):
     model, _, _ = train_model(settings, data, X, y)
     train_workspace(tmp_path, digits, settings)
     workspace = Workspace(tmp_path)
-    record = workspace.read_checkpoints_manifest()["checkpoints"][0]
+    record = workspace.checkpoints().checkpoints[0]
     saved = workspace.load_checkpoint(record)["model"]
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert np.array_equal(np.sort(order), np.arange(len(order)))

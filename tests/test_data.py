@@ -13,12 +13,15 @@ from sisa.errors import SisaError
 
 
 def write_idx(folder: Path, n_train: int = 30, n_test: int = 12, size: int = 28, gz: bool = True,
-              seed: int = 0) -> None:
+              seed: int = 0) -> dict[str, np.ndarray]:
+    """The four IDX files of a small random image dataset; returns the images written, by split."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
+    written = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
         labels = (np.arange(n) % 10).astype(np.uint8)
+        written[prefix] = images
         blobs = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 0x803, n, size, size) + images.tobytes(),
                  f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 0x801, n) + labels.tobytes()}
         for name, blob in blobs.items():
@@ -26,6 +29,7 @@ def write_idx(folder: Path, n_train: int = 30, n_test: int = 12, size: int = 28,
                 (folder / (name + ".gz")).write_bytes(gzip.compress(blob))
             else:
                 (folder / name).write_bytes(blob)
+    return written
 
 
 def test_digits_is_offline_with_a_hash_held_out_test_split():
@@ -121,18 +125,21 @@ def test_bad_specs(tmp_path):
 
 
 def test_fashion_mnist_from_flat_gz_files(tmp_path):
-    write_idx(tmp_path / "fm", gz=True)
+    written = write_idx(tmp_path / "fm", gz=True)
     ds = load(f"fashion-mnist:{tmp_path / 'fm'}")
     assert ds.shape == (1, 28, 28) and len(ds.train) == 30 and len(ds.test) == 12
     assert ds.train.X.dtype == np.uint8 and ds.train.ids.tolist() == list(range(30))
+    assert np.array_equal(ds.train.X[:, 0], written["train"]) and np.array_equal(ds.test.X[:, 0], written["t10k"])
+    assert ds.test.ids.tolist() == list(range(30, 42))
     assert ds.train.y.tolist() == [i % 10 for i in range(30)]
     assert ds.defaults == {"model": "cnn", "epochs": 5, "batch_size": 64, "lr": 3e-3}
 
 
 def test_mnist_from_torchvision_layout(tmp_path):
-    write_idx(tmp_path / "MNIST" / "raw", gz=False, size=16)
+    written = write_idx(tmp_path / "MNIST" / "raw", gz=False, size=16)
     ds = load(f"mnist:{tmp_path}")
     assert ds.shape == (1, 16, 16) and len(ds.train) == 30
+    assert np.array_equal(ds.train.X[:, 0], written["train"])
 
 
 def test_missing_image_files_say_where_to_put_them(tmp_path):
@@ -145,8 +152,59 @@ def test_missing_image_files_say_where_to_put_them(tmp_path):
 def test_corrupt_idx_files_are_refused(tmp_path):
     write_idx(tmp_path / "fm", gz=True)
     (tmp_path / "fm" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
-    with pytest.raises(SisaError, match="fashion-mnist"):
+    with pytest.raises(SisaError, match="fashion-mnist file .*train-images-idx3-ubyte.gz is not a valid IDX file"):
         load(f"fashion-mnist:{tmp_path / 'fm'}")
+
+
+IMAGES = struct.pack(">IIII", 0x803, 2, 3, 3) + bytes(18)
+
+
+@pytest.mark.parametrize("blob, message", [
+    (b"\x01\x00\x08\x03" + IMAGES[4:], "it does not start with an IDX magic number"),
+    (b"\x00\x00", "it does not start with an IDX magic number"),
+    (struct.pack(">IIII", 0x0D03, 2, 3, 3) + bytes(72),
+     r"its values are of IDX type 0x0d, not unsigned bytes \(0x08\)"),
+    (struct.pack(">III", 0x802, 2, 9) + bytes(18), "it has 2 dimensions, not 3"),
+    (IMAGES[:10], "it ends inside its header"),
+    (IMAGES[:-1], r"its header gives 2x3x3 = 18 values, but only 17 follow"),
+    (IMAGES + b"\x00", r"more than the 18 values its header gives \(2x3x3\) follow"),
+], ids=["magic", "short-magic", "float32", "dimensions", "short-header", "truncated", "trailing"])
+def test_malformed_idx_files_say_what_is_wrong(tmp_path, blob, message):
+    write_idx(tmp_path / "fm", gz=False, size=3)
+    (tmp_path / "fm" / "t10k-images-idx3-ubyte").write_bytes(blob)
+    expected = f"fashion-mnist file .*t10k-images-idx3-ubyte is not a valid IDX file: {message}"
+    with pytest.raises(SisaError, match=expected):
+        load(f"fashion-mnist:{tmp_path / 'fm'}")
+
+
+def test_a_damaged_gzip_stream_is_refused(tmp_path):
+    write_idx(tmp_path / "fm", gz=True)
+    labels = tmp_path / "fm" / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-12])  # cut inside the compressed stream
+    with pytest.raises(SisaError, match="cannot read fashion-mnist file .*train-labels-idx1-ubyte.gz"):
+        load(f"fashion-mnist:{tmp_path / 'fm'}")
+    labels.write_bytes(b"\x1f\x8b not a gzip stream")
+    with pytest.raises(SisaError, match="cannot read fashion-mnist file"):
+        load(f"fashion-mnist:{tmp_path / 'fm'}")
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    write_idx(tmp_path / "fm", gz=False, size=3)
+    (tmp_path / "fm" / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 29) + bytes(29))
+    with pytest.raises(SisaError, match="30 images but 29 labels"):
+        load(f"fashion-mnist:{tmp_path / 'fm'}")
+
+
+def test_digits_are_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    ds = load("digits")
+    bunch = load_digits()
+    ids = np.concatenate([ds.train.ids, ds.test.ids])
+    X = np.concatenate([ds.train.X, ds.test.X])[np.argsort(ids)]
+    y = np.concatenate([ds.train.y, ds.test.y])[np.argsort(ids)]
+    assert X.dtype == np.uint8 and y.dtype == np.int64
+    assert np.array_equal(X.reshape(len(X), 64), bunch.data) and np.array_equal(y, bunch.target)
 
 
 def test_cifar10_binary_version(tmp_path):

@@ -19,7 +19,7 @@ from sisa.ops.train import train_workspace
 from sisa.settings import Settings
 from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import Ledger
-from sisa.workspace.lock import WAIT, lock_path, workspace_lock
+from sisa.workspace.lock import lock_path, workspace_lock
 
 SETTINGS = Settings(shards=4, slices=2, epochs=2, batch_size=32)
 
@@ -34,10 +34,9 @@ with workspace_lock(sys.argv[1], exclusive=True):
 TRY_LOCK = """
 import sys
 from sisa.errors import SisaError
-from sisa.workspace.lock import WAIT, workspace_lock
-WAIT.set(False)
+from sisa.workspace.lock import workspace_lock
 try:
-    with workspace_lock(sys.argv[1], exclusive=False):
+    with workspace_lock(sys.argv[1], exclusive=False, wait=False):
         print("free")
 except SisaError:
     print("busy")
@@ -161,21 +160,17 @@ def test_the_lock_is_a_private_file_and_a_new_folder_gets_one(tmp_path):
 
 
 def test_locks_stay_re_entrant_within_a_process(tmp_path):
-    token = WAIT.set(False)
-    try:
-        with workspace_lock(tmp_path, exclusive=True):
-            with workspace_lock(tmp_path, exclusive=True), workspace_lock(tmp_path, exclusive=False):
-                pass
-        with workspace_lock(tmp_path, exclusive=False):
-            with workspace_lock(tmp_path, exclusive=False):
-                pass
-            with pytest.raises(RuntimeError, match="cannot be upgraded"):
-                with workspace_lock(tmp_path, exclusive=True):
-                    pass
-        with workspace_lock(tmp_path, exclusive=True):  # every one was released
+    with workspace_lock(tmp_path, exclusive=True, wait=False):
+        with workspace_lock(tmp_path, exclusive=True, wait=False), workspace_lock(tmp_path, exclusive=False):
             pass
-    finally:
-        WAIT.reset(token)
+    with workspace_lock(tmp_path, exclusive=False, wait=False):
+        with workspace_lock(tmp_path, exclusive=False, wait=False):
+            pass
+        with pytest.raises(RuntimeError, match="cannot be upgraded"):
+            with workspace_lock(tmp_path, exclusive=True, wait=False):
+                pass
+    with workspace_lock(tmp_path, exclusive=True, wait=False):  # every one was released
+        pass
 
 
 def test_a_symlinked_or_open_lock_file_is_refused_or_closed(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -39,7 +40,7 @@ class ServerProcess:
             time.sleep(0.1)
 
     def answers(self) -> bool:
-        from sisa.serve.server import connect
+        from sisa.serve.client import connect
 
         sock = connect(self.workdir, timeout=1.0)
         if sock is not None:
@@ -198,11 +199,99 @@ def test_serve_refuses_a_folder_without_a_workspace(tmp_path):
 
 
 def test_peer_uid_reads_the_other_end(tmp_path):
-    from sisa.serve.server import peer_uid
+    from sisa.serve.client import peer_uid
 
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert peer_uid(a) == os.getuid()
+
+
+def test_the_server_runs_requests_with_the_function_it_is_given(workspace, monkeypatch):
+    from sisa.serve.server import Server
+
+    tmp_path, _ = workspace
+    seen = []
+
+    def runner(request, root):  # what the CLI passes in; the server knows no command line
+        seen.append((request, root, os.getcwd()))
+        print("ran it")
+        print("progress", file=sys.stderr)
+        server.stop()  # busy: stops after this request
+        return 3, "delete, a summary"
+
+    server = Server(tmp_path / "ws", runner)
+    server.bind()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("SISA_LOCK_TIMEOUT", "7")
+        monkeypatch.setenv("SISA_EXECUTOR", "local")
+        result = run_cli("delete", "--workdir", "ws", "--ids-file", "ids.txt")
+        thread.join(timeout=30)
+    finally:
+        server.close()
+    assert result.code == 3 and result.out == "ran it\n" and "progress" in result.err
+    [(request, root, cwd)] = seen
+    assert request.argv == ["delete", "--workdir", "ws", "--ids-file", "ids.txt"]  # parsed by the runner, once
+    assert request.cwd == str(tmp_path) and root == (tmp_path / "ws").resolve()
+    assert request.env == {"SISA_LOCK_TIMEOUT": "7", "SISA_EXECUTOR": "local"}  # the client's settings
+    assert cwd == str(tmp_path) and server.served == 1
+
+
+def test_a_forwarded_command_takes_its_paths_from_the_client_folder_without_changing_folder(workspace):
+    from sisa.cli.app import run_request
+    from sisa.serve.client import Request
+
+    tmp_path, _ = workspace
+    ids = train_ids(tmp_path / "ws")
+    (tmp_path / "ids.txt").write_text(f"{ids[1]}\n{ids[2]}\n")
+    before = os.getcwd()
+    request = Request(["delete", "--workdir", "ws", "--ids-file", "ids.txt", "--dry-run", "--json"],
+                      str(tmp_path), {"SISA_LOCK_TIMEOUT": "soon"})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()) as err:
+        status, summary = run_request(request, (tmp_path / "ws").resolve())
+    assert os.getcwd() == before != str(tmp_path)
+    # the client's SISA_LOCK_TIMEOUT is the one that counts, not this process's
+    assert status == 1 and "SISA_LOCK_TIMEOUT" in err.getvalue(), err.getvalue()
+    assert summary == "delete, 1 --ids-file (dry run)"
+    request = Request(request.argv, str(tmp_path), {})
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        status, _ = run_request(request, (tmp_path / "ws").resolve())
+    assert status == 0 and sorted(json.loads(out.getvalue().splitlines()[-1])["deleted"]) == ids[1:3]
+    other = Request(["delete", "--workdir", ".", "--ids", "1"], str(tmp_path), {})
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert run_request(other, (tmp_path / "ws").resolve())[0] == 1
+    assert "this server serves" in err.getvalue()
+
+
+def test_the_client_forwards_its_lock_settings(workspace):
+    tmp_path, _ = workspace
+    ws = tmp_path / "ws"
+    ids = train_ids(ws)
+    hold = ("import sys, time\nfrom sisa.workspace.lock import workspace_lock\n"
+            "with workspace_lock(sys.argv[1], exclusive=True):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    server = ServerProcess(ws, env={k: v for k, v in os.environ.items() if k != "SISA_LOCK_TIMEOUT"})
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(ws)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        timed = sisa("delete", "--workdir", ws, "--ids", ids[0], env=dict(os.environ, SISA_LOCK_TIMEOUT="0.5"))
+        assert timed.returncode == 1 and "gave up after 0.5 s" in timed.stderr, timed.stderr
+        busy = sisa("delete", "--workdir", ws, "--ids", ids[0], "--no-wait")
+        assert busy.returncode == 1 and "in use by another sisa process" in busy.stderr, busy.stderr
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+        code, _, log = server.stop()
+    assert code == 0 and log.count("-> exit 1") == 2, log  # both ran in the server
+
+
+def test_the_server_module_leaves_the_command_line_out():
+    code = "import sys, sisa.serve.server; assert not [m for m in sys.modules if m.startswith('sisa.cli')]"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_server_log_names_counts_not_ids(workspace):
@@ -309,7 +398,7 @@ def test_the_client_refuses_a_socket_it_cannot_trust(tmp_path, capsys, plant):
 
 
 def test_the_client_forwards_to_its_own_server_with_a_long_path(tmp_path, capsys):
-    from sisa.serve.server import forward
+    from sisa.serve.client import forward
 
     ws = tmp_path / ("w" * 60) / ("s" * 60)  # longer than an AF_UNIX address
     ws.mkdir(parents=True)

@@ -11,6 +11,7 @@ from conftest import SECRET
 from sisa.errors import SisaError
 from sisa.ids import ids_digest
 from sisa.workspace.files import Workspace, atomic_write, sha256_bytes
+from sisa.workspace.manifest import CheckpointRecord
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -53,7 +54,7 @@ def test_checkpoint_round_trip_and_tamper_detection(tmp_path):
     state = {"model": {"w": torch.arange(4.0)}, "counters": {"epochs": 3}}
     name = ws.checkpoint_name(0, 1, "ab" * 32)
     sha = ws.write_checkpoint(name, state)
-    record = {"file": name, "sha256": sha, "shard": 0, "slice": 1}
+    record = CheckpointRecord(shard=0, slice=1, file=name, sha256=sha)
     assert torch.equal(ws.load_checkpoint(record)["model"]["w"], torch.arange(4.0))
     assert ws.verify_checkpoint(record)
     path = ws.checkpoints_dir / name
@@ -89,7 +90,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     name = "shard-000/slice-00-evil.pt"
     (ws.checkpoints_dir / "shard-000").mkdir(parents=True)
     (ws.checkpoints_dir / name).write_bytes(raw.getvalue())
-    record = {"file": name, "sha256": sha256_bytes(raw.getvalue()), "shard": 0, "slice": 0}
+    record = CheckpointRecord(shard=0, slice=0, file=name, sha256=sha256_bytes(raw.getvalue()))
     with pytest.raises(SisaError, match="refusing to load checkpoint"):
         ws.load_checkpoint(record)
     assert not marker.exists()
@@ -168,7 +169,7 @@ def test_workspace_reads_never_follow_a_link(tmp_path):
     ws = Workspace(tmp_path / "ws")
     name = ws.checkpoint_name(0, 0, "ab" * 32)
     sha = ws.write_checkpoint(name, {"w": torch.zeros(2)})
-    record = {"file": name, "sha256": sha, "shard": 0, "slice": 0}
+    record = CheckpointRecord(shard=0, slice=0, file=name, sha256=sha)
     real = ws.checkpoints_dir / name
     elsewhere = tmp_path / "elsewhere.pt"
     os.rename(real, elsewhere)

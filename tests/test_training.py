@@ -43,40 +43,39 @@ def test_resuming_from_any_slice_checkpoint_is_bit_identical(tmp_path, digits):
     ws_path = tmp_path / "ws"
     train_workspace(ws_path, digits, SMALL)
     before = checkpoint_shas(ws_path)
-    manifest = Workspace(ws_path).read_manifest()
-    records = Workspace(ws_path).read_checkpoints_manifest()["checkpoints"]
-    data = manifest["data"]
-    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
-    shard = manifest["shards"][1]
+    manifest = Workspace(ws_path).manifest()
+    records = Workspace(ws_path).checkpoints().checkpoints
+    spec = DataSpec.from_info(manifest.data)
+    shard = manifest.shards[1]
     for from_slice in range(SMALL.slices):
         copy = tmp_path / f"resume-{from_slice}"
         shutil.copytree(ws_path, copy)
         for r in records:  # later checkpoints are gone, as after a rollback
-            if r["shard"] == 1 and r["slice"] >= from_slice:
-                (copy / "checkpoints" / r["file"]).unlink()
-        start = next((r for r in records if r["shard"] == 1 and r["slice"] == from_slice - 1), None)
-        result = run_shard_job(ShardJob(str(copy), 1, SMALL, spec, shard["file"], shard["sha256"],
+            if r.shard == 1 and r.slice >= from_slice:
+                (copy / "checkpoints" / r.file).unlink()
+        start = next((r for r in records if r.shard == 1 and r.slice == from_slice - 1), None)
+        result = run_shard_job(ShardJob(str(copy), 1, SMALL, spec, shard.file, shard.sha256,
                                         from_slice=from_slice, start=start))
-        assert [r["slice"] for r in result.checkpoints] == list(range(from_slice, SMALL.slices))
+        assert [r.slice for r in result.checkpoints] == list(range(from_slice, SMALL.slices))
         for r in result.checkpoints:
-            assert r["sha256"] == before[(1, r["slice"])]
+            assert r.sha256 == before[(1, r.slice)]
 
 
 def test_checkpoints_hold_model_optimizer_scheduler_and_counters(tmp_path, digits):
     settings = SMALL.replace(scheduler="cosine", optimizer="sgd", lr=0.05)
     train_workspace(tmp_path, digits, settings)
     ws = Workspace(tmp_path)
-    records = ws.read_checkpoints_manifest()["checkpoints"]
+    records = ws.checkpoints().checkpoints
     epochs = settings.slice_epochs()
     for r in records:
         state = ws.load_checkpoint(r)
         assert set(state) == {"model", "optimizer", "scheduler", "counters"}
         assert state["optimizer"]["state"], "momentum buffers are saved"
-        assert state["scheduler"]["last_epoch"] == sum(epochs[:r["slice"] + 1])
-        assert state["counters"]["slice"] == r["slice"] and state["counters"]["samples"] == r["samples"]
-        assert state["counters"]["epochs"] == sum(epochs[:r["slice"] + 1])
-        assert len(r["ids_sha256"]) == 64 and r["ids_sha256"][:16] in r["file"]
-    env = ws.read_checkpoints_manifest()["environment"]
+        assert state["scheduler"]["last_epoch"] == sum(epochs[:r.slice + 1])
+        assert state["counters"]["slice"] == r.slice and state["counters"]["samples"] == r.samples
+        assert state["counters"]["epochs"] == sum(epochs[:r.slice + 1])
+        assert len(r.ids_sha256) == 64 and r.ids_sha256[:16] in r.file
+    env = ws.checkpoints().environment
     assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu_capability"]
 
 
@@ -91,12 +90,12 @@ def test_threads_setting_is_restored_and_recorded(tmp_path, digits):
 
 def test_slices_train_on_the_union_so_far(tmp_path, digits):
     train_workspace(tmp_path, digits, SMALL)
-    manifest = Workspace(tmp_path).read_manifest()
-    records = Workspace(tmp_path).read_checkpoints_manifest()["checkpoints"]
-    for entry in manifest["shards"]:
-        samples = [r["samples"] for r in records if r["shard"] == entry["shard"]]
-        assert samples == np.cumsum(entry["slice_rows"]).tolist()
-    assert sum(e["rows"] for e in manifest["shards"]) == len(digits.train)
+    manifest = Workspace(tmp_path).manifest()
+    records = Workspace(tmp_path).checkpoints().checkpoints
+    for entry in manifest.shards:
+        samples = [r.samples for r in records if r.shard == entry.shard]
+        assert samples == np.cumsum(entry.slice_rows).tolist()
+    assert sum(e.rows for e in manifest.shards) == len(digits.train)
 
 
 def test_a_slice_left_empty_by_the_hash_trains_on_the_rows_before_it(tmp_path):
@@ -108,9 +107,9 @@ def test_a_slice_left_empty_by_the_hash_trains_on_the_rows_before_it(tmp_path):
     X = np.random.default_rng(0).normal(size=(14, 4)).astype(np.float32)
     ds = Dataset("array", Table(ids, X, np.arange(14) % 2), None, (4,), [0, 1])
     train_workspace(tmp_path, ds, Settings(shards=2, slices=3, epochs=3, seed=seed))
-    records = Workspace(tmp_path).read_checkpoints_manifest()["checkpoints"]
+    records = Workspace(tmp_path).checkpoints().checkpoints
     assert len(records) == 6
-    samples = {(r["shard"], r["slice"]): r["samples"] for r in records}
+    samples = {(r.shard, r.slice): r.samples for r in records}
     assert any(samples[(s, r)] == samples[(s, r - 1)] for s in range(2) for r in range(1, 3)) or \
         any(samples[(s, 0)] == 0 for s in range(2))
 

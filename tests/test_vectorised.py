@@ -84,7 +84,7 @@ def train_in_float64(monkeypatch) -> None:
 
 
 class StepLog:
-    """For every optimizer.step() (torch's optimizers: the single-model path): the largest
+    """For every optimizer.step() while it is registered (the single-model run's): the largest
     change of any weight in that step and the largest |weight| before it."""
 
     def __init__(self) -> None:
@@ -103,8 +103,8 @@ class StepLog:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_path, monkeypatch):
-    """The stacked optimizers follow torch's: weights and optimizer state agree with training
-    each shard on its own, up to a bound derived from the arithmetic below.
+    """Training shards together follows training each on its own: weights and optimizer state
+    agree, up to a bound derived from the arithmetic below.
 
     Both trainings run in float64. In float32 no useful bound exists: the two paths round
     differently (the kernels differ), and once two values in a max-pool window are within a
@@ -113,19 +113,28 @@ def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_pa
     AVX-512 kernels, AdamW: such a flip at step 36 of shard 1's 46 left 5e-5 between the
     weights; with AVX2 kernels nothing flipped and they stayed within 1e-6). In float64 the
     rounding is 2^29 times smaller, so such near-ties are that much rarer, and what separates
-    the two paths is known: the vectorised update computes its per-member scalars in float32
-    (sisa.training.vectorised._update: Adam's step size lr/(1-b1^t) and sqrt(1-b2^t), AdamW's decay
-    factor 1 - lr*wd, SGD's lr), and every other difference is float64 rounding.
+    the two paths is known. The updates are the same arithmetic: the vectorised path steps
+    torch's own Adam, AdamW or SGD on each member's slice of the stacked parameters, with that
+    member's state and learning rate (sisa.training.vectorised._step; bit for bit what the
+    member's own optimizer does, see test_the_group_optimizer_steps_each_member_as_its_own_does).
+    The gradients differ by float64 rounding (vmap runs the batch's convolutions grouped, and
+    sums in another order).
 
-    Bound. With u = 2^-24 (float32 rounding: |fl(x) - x| <= u|x|), a step that moves a weight
-    by d in torch's optimizer moves it by d(1 + e), |e| <= k*u, in the vectorised one: k = 2
-    for Adam/AdamW (step size, bias correction), 1 for SGD (lr). AdamW's decay factor also
-    adds |fl(1 - lr*wd) - (1 - lr*wd)| * |p| per step. Summed over the steps (largest d and
-    |p| of each step, read from the single-model run; both shards' steps, so a bound for
-    either) that is E, the error the rounding injects. An error made at one step is carried
+    Bound. The test holds the paths to a float32-sized ceiling: the error that computing the
+    optimizer's per-member scalars in float32 would inject (as an earlier hand-written
+    vectorised update did: Adam's step size lr/(1-b1^t) and sqrt(1-b2^t), AdamW's decay factor
+    1 - lr*wd, SGD's lr). An update that departs from torch's by more than that (a member
+    stepped with another's step count or learning rate, or on a step it had no batch for)
+    fails it; float64 rounding of the gradients stays orders of magnitude below it. With
+    u = 2^-24 (float32 rounding: |fl(x) - x| <= u|x|), a step that moves a weight by d in
+    torch's optimizer moves it by d(1 + e), |e| <= k*u: k = 2 for Adam/AdamW (step size, bias
+    correction), 1 for SGD (lr). AdamW's decay factor also adds
+    |fl(1 - lr*wd) - (1 - lr*wd)| * |p| per step. Summed over the steps (largest d and |p| of
+    each step, read from the single-model run; both shards' steps, so a bound for either) that
+    is E, the error such rounding injects. An error made at one step is carried
     by the later ones (a moved weight changes later gradients), and we allow it to grow at
     most linearly: up to T-fold over the T steps of a shard. Weights: |vec - one| <= T * E.
-    Float64's own rounding (about 1e-16 relative) is far below this and is not counted.
+    Float64's own rounding (about 1e-16 relative) is not counted.
     Optimizer state (moments, momentum buffers) averages the gradients along the trajectory;
     near a minimum a gradient is proportional to the distance from it, so its relative error
     is that of the trajectory, rho = T * E / (sum of the steps d). Each state tensor is held
@@ -141,7 +150,9 @@ def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_pa
     states, log = {}, StepLog()
     for width in (1, 2):
         settings = SETTINGS.replace(shards=2, vectorise=width, **VARIANTS[variant])
-        hooks = [register_optimizer_step_pre_hook(log.pre), register_optimizer_step_post_hook(log.post)]
+        hooks = []
+        if width == 1:  # the single-model run's steps only: the vectorised run steps torch's optimizers too
+            hooks = [register_optimizer_step_pre_hook(log.pre), register_optimizer_step_post_hook(log.post)]
         try:
             train_workspace(tmp_path / f"v{width}", digits, settings)
         finally:
@@ -177,6 +188,63 @@ def test_vectorised_training_matches_one_model_at_a_time(variant, digits, tmp_pa
         assert vec["scheduler"] == one["scheduler"] and vec["counters"] == one["counters"]
 
 
+def assert_same_state(a, b) -> None:
+    """Nested state dicts equal, tensors bit for bit (dtype included)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            assert_same_state(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, z in zip(a, b):
+            assert_same_state(x, z)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_group_optimizer_steps_each_member_as_its_own_does(variant):
+    """One torch optimizer over the members' slices of the stacked parameters gives each member,
+    bit for bit, what its own optimizer gives on the same gradients: with members at different
+    step counts (one with optimizer state, one without yet) and learning rates, a step a member
+    sits out (no change, no state, no step count), and an empty position in the group."""
+    from types import SimpleNamespace
+
+    from sisa.training.jobs import DataSpec
+    from sisa.training.slices import make_training_state
+    from sisa.training.vectorised import _group_optimizer, _stack, _step, _unstack
+
+    settings = SETTINGS.replace(vectorise=3, **VARIANTS[variant])
+    data = DataSpec((1, 8, 8), "uint8", 1 / 16, 10)
+    rng = torch.Generator().manual_seed(0)
+    own = [make_training_state(settings, data, shard) for shard in (0, 1)]
+    grouped = [make_training_state(settings, data, shard) for shard in (0, 1)]
+    for model, optimizer, _ in (own[0], grouped[0]):  # member 0: 3 steps and a lower lr
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+            optimizer.step()
+        optimizer.param_groups[0]["lr"] *= 0.5
+    members = [SimpleNamespace(position=position, training=training)
+               for position, training in zip((0, 2), grouped)]  # position 1: no member
+    stack = _stack(members, 3)
+    for moving in ([0, 2], [2], [0, 2], [0]):
+        grads = {name: torch.randn(p.shape, generator=rng) for name, p in stack.params.items()}
+        _step(_group_optimizer(members, stack), stack, grads, moving)  # a fresh optimizer each step, as each epoch
+        for k, (model, optimizer, _) in zip((0, 2), own):
+            if k in moving:
+                for name, p in model.named_parameters():
+                    p.grad = grads[name][k].clone()
+                optimizer.step()
+    _unstack(members, stack)
+    for (model, optimizer, _), (g_model, g_optimizer, _) in zip(own, grouped):
+        assert_same_state(g_model.state_dict(), model.state_dict())
+        assert_same_state(g_optimizer.state_dict(), optimizer.state_dict())
+    assert grouped[0][1].param_groups[0]["lr"] == settings.lr * 0.5 != grouped[1][1].param_groups[0]["lr"]
+
+
 def test_groups_are_fixed_by_shard_number(digits, tmp_path):
     train_workspace(tmp_path / "ws", digits, SETTINGS.replace(shards=5, slices=1, epochs=1, vectorise=2))
     manifest = json.loads((tmp_path / "ws" / "checkpoints" / "manifest.json").read_text())
@@ -206,9 +274,9 @@ def test_the_cli_trains_vectorised_and_audit_replays_it(tmp_path):
 def test_a_model_with_buffers_is_refused_before_anything_is_written(tmp_path):
     done = run_cli("train", "--workdir", tmp_path / "ws", "--model", "resnet18", "--vectorise", "2",
                    "--epochs", "1")
-    assert done.code != 0
+    assert done.code == 1  # a SisaError: the message, no traceback
     assert "vectorise" in done.err and "buffers" in done.err
     assert not (tmp_path / "ws").exists()
     bad = run_cli("train", "--workdir", tmp_path / "ws", "--vectorise", "0")
-    assert bad.code != 0 and "vectorise must be a positive integer" in bad.err
+    assert bad.code == 1 and "vectorise must be a positive integer" in bad.err
     assert not (tmp_path / "ws").exists()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Any
+from typing import Any, ContextManager
 
+from sisa.cli.base import Environment
 from sisa.errors import SisaError
 
 
@@ -91,7 +91,7 @@ def dataset_and_settings(args: argparse.Namespace):
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--executor", choices=("auto", "ray", "local"),
-                       default=os.environ.get("SISA_EXECUTOR", "auto"),
+                       default=None,
                        help="auto (default): Ray when more than one shard has work and more than one "
                             "CPU is available, in-process otherwise; or force ray or local "
                             "(default from SISA_EXECUTOR when set)")
@@ -103,15 +103,31 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                        help="join an existing Ray cluster (from 'ray start --head')")
 
 
-def executor_from(args: argparse.Namespace):
+def executor_from(args: argparse.Namespace, env: Environment):
+    """The executor of ``--executor`` (default from ``SISA_EXECUTOR``) and its options."""
     from sisa.training.executors import make_executor
 
     for name in ("cpus_per_shard", "gpus_per_shard"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise SisaError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    return make_executor(args.executor, address=args.address, cpus_per_shard=args.cpus_per_shard,
-                         gpus_per_shard=args.gpus_per_shard)
+    return make_executor(args.executor or env.default_executor(), address=args.address,
+                         cpus_per_shard=args.cpus_per_shard, gpus_per_shard=args.gpus_per_shard)
+
+
+def locked(args: argparse.Namespace, env: Environment, *, exclusive: bool) -> ContextManager[None]:
+    """The lock of ``--workdir`` with the command's own wait: none with ``--no-wait``, else at
+    most ``SISA_LOCK_TIMEOUT`` seconds. Taken around each library call that locks, in the mode
+    that call takes, so the call's own (re-entrant) lock does not wait again."""
+    from sisa.workspace.lock import workspace_lock
+
+    return workspace_lock(args.workdir, exclusive=exclusive, wait=not args.no_wait,
+                          timeout=env.lock_seconds())
+
+
+def split_ids(text: str) -> list[str]:
+    """Ids as typed after --ids: comma-separated, blanks ignored."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -131,18 +147,28 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
-def recover_first(workdir: str, executor=None) -> None:
+def finish_pending(args: argparse.Namespace, env: Environment, workspace, executor=None) -> list[int]:
+    """:func:`sisa.ops.commit.complete_pending` under the command's lock options; like it, takes
+    the exclusive lock only when there is something to finish (a read-only mount stays readable)."""
+    from sisa.ops.commit import complete_pending, needs_recovery
+
+    if not needs_recovery(workspace):
+        return []
+    with locked(args, env, exclusive=True):
+        return complete_pending(workspace, executor=executor, progress=retrain_progress)
+
+
+def recover_first(args: argparse.Namespace, env: Environment) -> None:
     """Finish deletions a crash interrupted before a command reads the models."""
-    from sisa.ops.commit import complete_pending
     from sisa.workspace.files import Workspace
 
-    workspace = Workspace(workdir)
-    shards = complete_pending(workspace, executor=executor, progress=retrain_progress)
-    workspace.read_manifest()
+    workspace = Workspace(args.workdir)
+    shards = finish_pending(args, env, workspace)
+    workspace.manifest()
     if shards:
         info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")
 
 
-def retrain_progress(record: dict[str, Any]) -> None:
-    info(f"shard {record['shard']} slice {record['slice']}: {record['samples']} samples, "
-         f"{record['epochs']} epochs, {fmt_seconds(record['seconds'])}")
+def retrain_progress(record) -> None:
+    info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
+         f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")

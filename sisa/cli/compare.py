@@ -15,6 +15,7 @@ from sisa.cli._common import (
     emit,
     info,
 )
+from sisa.cli.base import Environment, Subcommand
 from sisa.errors import SisaError
 
 
@@ -81,15 +82,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class Compare:
-    def __init__(self, sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser(
-            "compare", help="compare exact deletion with approximate unlearning methods",
-            description="Train the original model on all rows, the model retrained without the "
-                        "forget set (the gold standard), and SISA then 'sisa delete' of the forget "
-                        "set; run each approximate unlearning method from the original; print "
-                        "retain/forget/test accuracy, membership-inference scores, the average gap "
-                        "to the retrained model, seconds and speedup over retraining.")
+class Compare(Subcommand):
+    name = "compare"
+    help = "compare exact deletion with approximate unlearning methods"
+    description = ("Train the original model on all rows, the model retrained without the forget set "
+                   "(the gold standard), and SISA then 'sisa delete' of the forget set; run each "
+                   "approximate unlearning method from the original; print retain/forget/test accuracy, "
+                   "membership-inference scores, the average gap to the retrained model, seconds and "
+                   "speedup over retraining.")
+    path_args = ()
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_data_args(p)
         p.add_argument("--forget", default="random:0.1", metavar="SPEC",
                        help="random:F (a share, or a count, of the training rows; default random:0.1), "
@@ -108,30 +111,14 @@ class Compare:
                        help="folder for the results (JSON, Markdown table, PNG chart; default ./compare)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         add_settings_args(p)
-        p.set_defaults(func=self._cmd, no_wait=False)
+        p.set_defaults(no_wait=False)
 
-    def _cmd(self, args: argparse.Namespace) -> int:
-        from sisa.research.baselines import METHODS
-        from sisa.research.compare import compare, format_table, write_chart
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
+        from sisa.research.compare import compare, format_table
 
         if args.list_methods:
-            lines = []
-            for name in METHODS:
-                method = METHODS.get(name)
-                settings = ", ".join(f"{k}={v}" for k, v in method.defaults.items()) or "no settings"
-                lines.append(f"{name:10s} {method.summary} ({settings})")
-            emit(args, {name: METHODS.get(name).defaults for name in METHODS}, "\n".join(lines))
-            return 0
-        from sisa.research.compare import DEFAULT_METHODS
-
-        if args.methods is None:
-            methods = list(DEFAULT_METHODS)
-        elif args.methods.strip() == "none":
-            methods = []
-        else:
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        for name in methods:
-            METHODS.get(name)
+            return _list_methods(args)
+        methods = _chosen_methods(args.methods)
         params = parse_method_settings(args.set)
         if args.shadows is not None and args.shadows < 0:
             raise SisaError(f"--shadows must be >= 0, got {args.shadows}")
@@ -144,16 +131,10 @@ class Compare:
                          sisa=not args.no_sisa, shadows=shadows, info=info)
         result = _finite(result)
         result.update(run_record(args.argv))
-        out.mkdir(parents=True, exist_ok=True)
         stem = re.sub(r"[^\w.-]+", "-", f"{Path(dataset.spec).name}-{args.forget}").strip("-")
-        table = format_table(result)
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
-        (out / f"{stem}.md").write_text(markdown_header(result) + "\n\n" + format_table(result, markdown=True) + "\n")
-        chart = out / f"{stem}.png"
-        if not write_chart(result, chart):
-            info("matplotlib is not installed: no chart (pip install 'sisa[plots]')")
+        chart = _write_results(result, out, stem)
         exact = result["sisa_exactness"]
-        lines = [table]
+        lines = [format_table(result)]
         if exact is not None:
             lines.append(f"sisa: after 'sisa delete', {exact['checkpoints']} checkpoints "
                          f"{'identical to' if exact['identical_checkpoints'] else 'DIFFER from'} SISA trained "
@@ -163,3 +144,44 @@ class Compare:
         lines.append(f"results: {out / stem}.json, .md" + (", .png" if chart.exists() else ""))
         emit(args, result, "\n".join(lines))
         return 0 if exact is None or exact["identical_checkpoints"] else 1
+
+
+def _list_methods(args: argparse.Namespace) -> int:
+    from sisa.research.baselines import METHODS
+
+    lines = []
+    for name in METHODS:
+        method = METHODS.get(name)
+        settings = ", ".join(f"{k}={v}" for k, v in method.defaults.items()) or "no settings"
+        lines.append(f"{name:10s} {method.summary} ({settings})")
+    emit(args, {name: METHODS.get(name).defaults for name in METHODS}, "\n".join(lines))
+    return 0
+
+
+def _chosen_methods(text: str | None) -> list[str]:
+    """The methods ``--methods`` names (each one checked), all by default, none for 'none'."""
+    from sisa.research.baselines import METHODS
+    from sisa.research.compare import DEFAULT_METHODS
+
+    if text is None:
+        methods = list(DEFAULT_METHODS)
+    elif text.strip() == "none":
+        methods = []
+    else:
+        methods = [m.strip() for m in text.split(",") if m.strip()]
+    for name in methods:
+        METHODS.get(name)
+    return methods
+
+
+def _write_results(result: dict[str, Any], out: Path, stem: str) -> Path:
+    """Write ``out/stem``.json, .md and (with matplotlib) .png; returns the chart's path."""
+    from sisa.research.compare import format_table, write_chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
+    (out / f"{stem}.md").write_text(markdown_header(result) + "\n\n" + format_table(result, markdown=True) + "\n")
+    chart = out / f"{stem}.png"
+    if not write_chart(result, chart):
+        info("matplotlib is not installed: no chart (pip install 'sisa[plots]')")
+    return chart

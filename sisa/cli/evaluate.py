@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from sisa.cli._common import add_common, emit, recover_first
+from sisa.cli._common import add_common, emit, locked, recover_first
+from sisa.cli.base import Environment, Subcommand
 
 
-class Eval:
-    def __init__(self, sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("eval", help="test accuracy of the ensemble and of each shard",
-                           description="Evaluate the ensemble and each shard model on the "
-                                       "workspace's test rows.")
+class Eval(Subcommand):
+    name = "eval"
+    help = "test accuracy of the ensemble and of each shard"
+    description = "Evaluate the ensemble and each shard model on the workspace's test rows."
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_common(p)
-        p.set_defaults(func=self._cmd)
 
-    def _cmd(self, args: argparse.Namespace) -> int:
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.ensemble import Ensemble
         from sisa.workspace.files import Workspace
 
-        recover_first(args.workdir)
-        from sisa.workspace.lock import workspace_lock
-
-        with workspace_lock(args.workdir, exclusive=False):
+        recover_first(args, env)
+        with locked(args, env, exclusive=False):
             result = Ensemble(Workspace(args.workdir)).evaluate()
         lines = [f"ensemble accuracy {result['accuracy']:.4f} on {result['n_test']} test rows "
                  f"({result['aggregation']})"]

@@ -8,41 +8,41 @@ import json
 import sys
 from pathlib import Path
 
-from sisa.cli._common import add_common, info, recover_first
+from sisa.cli._common import add_common, info, locked, recover_first
+from sisa.cli.base import Environment, Subcommand
 from sisa.errors import SisaError
 
 
-class Predict:
-    def __init__(self, sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("predict", help="predict labels and probabilities for new rows",
-                           description="Predict with the ensemble. Tables need the training "
-                                       "feature columns (an id column is optional); built-in "
-                                       "datasets give their test split.")
+class Predict(Subcommand):
+    name = "predict"
+    help = "predict labels and probabilities for new rows"
+    description = ("Predict with the ensemble. Tables need the training feature columns (an id column "
+                   "is optional); built-in datasets give their test split.")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--input", required=True, metavar="SPEC",
                        help="csv:PATH, parquet:PATH (or a .csv/.parquet path) or a dataset name")
         p.add_argument("--output", metavar="PATH",
                        help="write .csv, .parquet or .json here instead of CSV on stdout")
         add_common(p)
-        p.set_defaults(func=self._cmd)
 
-    def _cmd(self, args: argparse.Namespace) -> int:
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.ensemble import Ensemble
         from sisa.workspace.files import Workspace
-        from sisa.workspace.lock import workspace_lock
 
-        recover_first(args.workdir)
-        with workspace_lock(args.workdir, exclusive=False):
+        recover_first(args, env)
+        with locked(args, env, exclusive=False):
             return self._predict(args, Ensemble(Workspace(args.workdir)))
 
     def _predict(self, args: argparse.Namespace, ensemble) -> int:
         from sisa.data.sources import Dataset, LoadOptions, load_rows
         from sisa.workspace.files import atomic_write
 
-        data = ensemble.manifest["data"]
-        like = Dataset(data["spec"], None, None, tuple(data["shape"]), ensemble.classes,
-                       feature_names=data.get("feature_names"))
-        options = LoadOptions(data.get("id_col", "id"), data.get("label_col", "label"),
-                              data.get("test_fraction", 0.2))
+        data = ensemble.manifest.data
+        like = Dataset(data.source_value("spec"), None, None, tuple(data.shape), ensemble.classes,
+                       feature_names=ensemble.feature_names)
+        options = LoadOptions(data.source_value("id_col", "id"), data.source_value("label_col", "label"),
+                              data.source_value("test_fraction", 0.2))
         rows = load_rows(args.input, like, options, need_labels=False, what="input", need_ids=False)
         proba = ensemble.predict_proba(rows.X)
         classes = ensemble.classes

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from sisa.cli._common import add_common, emit
+from sisa.cli._common import add_common, emit, locked
+from sisa.cli.base import Environment, Subcommand
 
 
-class Status:
-    def __init__(self, sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("status", help="show a workspace and check its files",
-                           description="Show settings, shards, slices and every checkpoint with "
-                                       "whether its file still matches the recorded sha256. "
-                                       "Exits 1 when a file does not match.")
+class Status(Subcommand):
+    name = "status"
+    help = "show a workspace and check its files"
+    description = ("Show settings, shards, slices and every checkpoint with whether its file still "
+                   "matches the recorded sha256. Exits 1 when a file does not match.")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_common(p)
-        p.set_defaults(func=self._cmd)
 
-    def _cmd(self, args: argparse.Namespace) -> int:
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.ensemble import Ensemble
+        from sisa.ops.status import status as workspace_status
         from sisa.workspace.files import Workspace
-        from sisa.workspace.lock import workspace_lock
 
-        with workspace_lock(args.workdir, exclusive=False):
-            status = Ensemble(Workspace(args.workdir)).status()
+        with locked(args, env, exclusive=False):
+            status = workspace_status(Ensemble(Workspace(args.workdir)))
         s, env = status["settings"], status["environment"] or {}
         lines = [
             f"workspace {status['workdir']}: {status['data']['spec']}, {status['n_train']} training "

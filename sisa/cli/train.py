@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from contextlib import nullcontext
+from pathlib import Path
 
 from sisa.cli._common import (
     add_common,
@@ -15,15 +16,19 @@ from sisa.cli._common import (
     executor_from,
     fmt_seconds,
     info,
+    locked,
 )
+from sisa.cli.base import Environment, Subcommand
 from sisa.errors import SisaError
 
 
-class Train:
-    def __init__(self, sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("train", help="train a sharded, sliced ensemble",
-                           description="Partition the data into shards and slices and train every "
-                                       "shard, keeping a checkpoint after each slice.")
+class Train(Subcommand):
+    name = "train"
+    help = "train a sharded, sliced ensemble"
+    description = ("Partition the data into shards and slices and train every shard, keeping a "
+                   "checkpoint after each slice.")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_data_args(p)
         add_settings_args(p)
         p.add_argument("--force", action="store_true",
@@ -35,25 +40,31 @@ class Train:
                             "data again, including people deleted earlier (they are no longer forgotten)")
         add_executor_args(p)
         add_common(p)
-        p.set_defaults(func=self._cmd)
 
-    def _cmd(self, args: argparse.Namespace) -> int:
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.train import train_workspace
 
         dataset, settings = dataset_and_settings(args)
-        executor = executor_from(args)
+        executor = executor_from(args, env)
 
-        def progress(record: dict[str, Any]) -> None:
-            info(f"shard {record['shard']} slice {record['slice']}: {record['samples']} samples, "
-                 f"{record['epochs']} epochs, {fmt_seconds(record['seconds'])}")
+        def progress(record) -> None:
+            info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
+                 f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
 
         if args.discard_deletions and not args.force:
             raise SisaError("--discard-deletions only applies with --force (replacing a workspace)")
-        summary = train_workspace(
-            args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
-            source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
-                    "test_fraction": args.test_fraction},
-            discard_deletions=args.discard_deletions)
+        # the command's wait for a workspace in use; a folder that does not exist yet is nobody's
+        # (train_workspace creates it, after checking the input, under its own lock)
+        with locked(args, env, exclusive=True) if Path(args.workdir).is_dir() else nullcontext():
+            summary = train_workspace(
+                args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
+                source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
+                        "test_fraction": args.test_fraction},
+                discard_deletions=args.discard_deletions)
+        return self._report(args, dataset, settings, summary)
+
+    @staticmethod
+    def _report(args: argparse.Namespace, dataset, settings, summary: dict) -> int:
         lines = []
         if summary["excluded_deleted"]:
             lines.append(f"{summary['excluded_deleted']} rows excluded: deleted earlier (the deletion "

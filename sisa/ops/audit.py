@@ -16,14 +16,17 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.ids import ids_digest, key_text
-from sisa.ops.ensemble import environment_differences
+from sisa.ops.commit import TEST_SHARD
 from sisa.settings import Settings
 from sisa.training.jobs import DataSpec, ShardJob
+from sisa.training.numerics import environment_differences
 from sisa.training.vectorised import run_unit
 from sisa.workspace.files import Workspace, sha256_file
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
+from sisa.workspace.manifest import CheckpointRecord, CheckpointsManifest, DataFile
 from sisa.workspace.orphans import orphan_files
+from sisa.workspace.rows import ShardRows
 from sisa.workspace.staging import (
     REPLAY_PREFIX,
     make_scratch,
@@ -38,111 +41,147 @@ def audit(workspace: Workspace, ids: Optional[Sequence] = None, *, replay: bool 
         return _audit(workspace, ids, replay=replay)
 
 
-def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> dict[str, Any]:
-    manifest = workspace.read_manifest()
-    checkpoints = workspace.read_checkpoints_manifest()
-    settings = Settings.from_dict(manifest["settings"])
-    data = manifest["data"]
-    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
-    deleted, open_requests = read_ledger(workspace.ledger_path)  # an audit never writes the ledger
-    targets = {key_text(i) for i in ids} if ids is not None else set(deleted)
-    problems: list[str] = []
-    deleted_texts = {key[2:] for key in deleted}
-    never = [i for i in (ids or []) if key_text(i) not in deleted and str(i) not in deleted_texts]
-    if never:
-        problems.append(f"{len(never)} id(s) were never requested for deletion (the ledger has no record "
-                        f"of them): {never[:10]}")
-        targets -= {key_text(i) for i in never}
-    target_texts = {key[2:] for key in targets}  # a deleted 7 is found as the text "7" too
-    if open_requests:
-        problems.append(f"{len(open_requests)} deletion request(s) not yet committed; run 'sisa recover'")
-    for folder in scratch_folders(workspace):
-        problems.append(f"{folder.relative_to(workspace.root)} was left by an interrupted command and may "
-                        f"hold personal data; 'sisa recover' removes it")
-    if swap_path(workspace).exists():
-        problems.append("an interrupted 'sisa train' is half swapped in; run 'sisa recover'")
-    from sisa.ops.delete import TEST_SHARD
+class _Audit:
+    """One audit's findings; each check adds the problems it finds."""
 
-    # ids deleted before the last `train --force` (CARRIED_SHARD) were never in these files
-    deleted_train = sum(1 for shard, _ in deleted.values() if shard >= 0)
-    deleted_test = sum(1 for shard, _ in deleted.values() if shard == TEST_SHARD)
-    if "n_train_initial" in data:
-        live = sum(e["rows"] for e in manifest["shards"])
-        if live + deleted_train != data["n_train_initial"]:
-            problems.append(f"the shards hold {live} rows and the ledger {deleted_train} deleted training ids, "
-                            f"but training started with {data['n_train_initial']} rows: the ledger or the "
-                            f"shard files were changed outside sisa")
-        test_rows = (manifest.get("test") or {}).get("rows", 0)
-        deleted_test += data.get("n_test_deleted_as_training", 0)
-        if test_rows + deleted_test != data.get("n_test_initial", test_rows + deleted_test):
-            problems.append("the test rows and the ledger's test deletions do not add up to the initial test "
-                            "rows: the ledger or the test file was changed outside sisa")
-    rows_by_shard = {}
-    for entry in manifest["shards"]:
-        path = workspace.shards_dir / entry["file"]
-        if sha256_file(path) != entry["sha256"]:
-            problems.append(f"shard file {entry['file']} is missing or does not match its sha256")
-            continue
-        rows = workspace.read_data_file(entry["file"], entry["sha256"], spec.shape, spec.dtype)
-        rows_by_shard[entry["shard"]] = rows
-        present = [v for v in rows.ids.tolist() if key_text(v) in targets or str(v) in target_texts]
-        if present:
-            problems.append(f"shard file {entry['file']} holds deleted ids: {present[:10]}")
-    test = manifest.get("test")
-    if test:
-        if sha256_file(workspace.shards_dir / test["file"]) != test["sha256"]:
-            problems.append(f"test file {test['file']} is missing or does not match its sha256")
-        else:
-            rows = workspace.read_data_file(test["file"], test["sha256"], spec.shape, spec.dtype)
-            present = [v for v in rows.ids.tolist() if key_text(v) in targets or str(v) in target_texts]
+    def __init__(self, workspace: Workspace, ids: Optional[Sequence]) -> None:
+        self.workspace = workspace
+        self.manifest = workspace.manifest()
+        self.checkpoints = workspace.checkpoints()
+        self.spec = DataSpec.from_info(self.manifest.data)
+        self.deleted, self.open_requests = read_ledger(workspace.ledger_path)  # never writes the ledger
+        self.targets = {key_text(i) for i in ids} if ids is not None else set(self.deleted)
+        self.problems: list[str] = []
+        self.rows_by_shard: dict[int, ShardRows] = {}
+        self.replayed: list[int] = []
+        self._unrequested(ids or [])
+        self.target_texts = {key[2:] for key in self.targets}  # a deleted 7 is found as the text "7" too
+
+    def _unrequested(self, ids: Sequence) -> None:
+        deleted_texts = {key[2:] for key in self.deleted}
+        never = [i for i in ids if key_text(i) not in self.deleted and str(i) not in deleted_texts]
+        if never:
+            self.problems.append(f"{len(never)} id(s) were never requested for deletion (the ledger has no "
+                                 f"record of them): {never[:10]}")
+            self.targets -= {key_text(i) for i in never}
+
+    def interrupted(self) -> None:
+        workspace = self.workspace
+        if self.open_requests:
+            self.problems.append(f"{len(self.open_requests)} deletion request(s) not yet committed; "
+                                 f"run 'sisa recover'")
+        for folder in scratch_folders(workspace):
+            self.problems.append(f"{folder.relative_to(workspace.root)} was left by an interrupted command and "
+                                 f"may hold personal data; 'sisa recover' removes it")
+        if swap_path(workspace).exists():
+            self.problems.append("an interrupted 'sisa train' is half swapped in; run 'sisa recover'")
+
+    def counts(self) -> None:
+        """Rows now plus rows deleted must be the rows trained on at first."""
+        data, manifest = self.manifest.data, self.manifest
+        # ids deleted before the last `train --force` (CARRIED_SHARD) were never in these files
+        deleted_train = sum(1 for shard, _ in self.deleted.values() if shard >= 0)
+        deleted_test = sum(1 for shard, _ in self.deleted.values() if shard == TEST_SHARD)
+        live = sum(e.rows for e in manifest.shards)
+        if data.n_train_initial is not None and live + deleted_train != data.n_train_initial:
+            self.problems.append(f"the shards hold {live} rows and the ledger {deleted_train} deleted training "
+                                 f"ids, but training started with {data.n_train_initial} rows: the ledger or "
+                                 f"the shard files were changed outside sisa")
+        test_rows = manifest.test.rows if manifest.test else 0
+        if data.n_test_initial is not None and \
+                test_rows + deleted_test + data.n_test_deleted_as_training != data.n_test_initial:
+            self.problems.append("the test rows and the ledger's test deletions do not add up to the initial "
+                                 "test rows: the ledger or the test file was changed outside sisa")
+
+    def data_files(self) -> None:
+        """Every data file whole, and holding none of the deleted ids."""
+        for entry in self.manifest.files():
+            kind = "test file" if entry.shard is None else "shard file"
+            if sha256_file(self.workspace.shards_dir / entry.file) != entry.sha256:
+                self.problems.append(f"{kind} {entry.file} is missing or does not match its sha256")
+                continue
+            rows = self.workspace.read_data_file(entry.file, entry.sha256, self.spec.shape, self.spec.dtype)
+            if entry.shard is not None:
+                self.rows_by_shard[entry.shard] = rows
+            present = [v for v in rows.ids.tolist() if key_text(v) in self.targets or str(v) in self.target_texts]
             if present:
-                problems.append(f"test file {test['file']} holds deleted ids: {present[:10]}")
-    for record in checkpoints["checkpoints"]:
-        where = f"checkpoint shard {record['shard']} slice {record['slice']} ({record['file']})"
-        if not workspace.verify_checkpoint(record):
-            problems.append(f"{where} is missing or does not match its sha256")
+                self.problems.append(f"{kind} {entry.file} holds deleted ids: {present[:10]}")
+
+    def checkpoint(self, record: CheckpointRecord) -> None:
+        """Whole, a torch file of tensors only, the slice its record says, trained on its rows."""
+        where = f"checkpoint shard {record.shard} slice {record.slice} ({record.file})"
+        if not self.workspace.verify_checkpoint(record):
+            self.problems.append(f"{where} is missing or does not match its sha256")
         else:
-            try:  # whole, a torch file of tensors only, and the slice its record says
-                counters = workspace.load_checkpoint(record)["counters"]
+            try:
+                counters = self.workspace.load_checkpoint(record)["counters"]
                 if (counters["shard"], counters["slice"], counters["samples"]) != \
-                        (record["shard"], record["slice"], record["samples"]):
-                    problems.append(f"{where} holds the state of another shard or slice")
+                        (record.shard, record.slice, record.samples):
+                    self.problems.append(f"{where} holds the state of another shard or slice")
             except (SisaError, KeyError, TypeError) as exc:
-                problems.append(f"{where}: {exc}")
-        rows = rows_by_shard.get(record["shard"])
+                self.problems.append(f"{where}: {exc}")
+        rows = self.rows_by_shard.get(record.shard)
         if rows is not None:
-            n = int(np.searchsorted(rows.slice, record["slice"], side="right"))
-            if ids_digest(rows.ids[:n]) != record["ids_sha256"]:
-                problems.append(f"{where} was trained on a different id set than its shard's rows "
-                                f"(it may have seen deleted ids)")
-    for path in orphan_files(workspace):
-        problems.append(f"{path.relative_to(workspace.root)} is not named by any manifest "
-                        f"(it may hold deleted data)")
-    replayed: list[int] = []
-    if replay:
-        differences = environment_differences(checkpoints.get("environment") or {}, settings)
-        shards = sorted({shard for key, (shard, _) in deleted.items() if key in targets and shard >= 0})
+            n = int(np.searchsorted(rows.slice, record.slice, side="right"))
+            if ids_digest(rows.ids[:n]) != record.ids_sha256:
+                self.problems.append(f"{where} was trained on a different id set than its shard's rows "
+                                     f"(it may have seen deleted ids)")
+
+    def orphans(self) -> None:
+        for path in orphan_files(self.workspace):
+            self.problems.append(f"{path.relative_to(self.workspace.root)} is not named by any manifest "
+                                 f"(it may hold deleted data)")
+
+    def replay(self) -> None:
+        """Retrain every shard that held a deleted id from scratch; it must give the same bits."""
+        settings = self.manifest.settings
+        differences = environment_differences(self.checkpoints.environment, settings)
         if differences:
-            problems.append("cannot replay bit for bit on this machine: " + "; ".join(differences))
-        else:
-            for shard in shards:
-                if shard not in rows_by_shard:
-                    problems.append(f"cannot replay shard {shard}: its shard file is damaged")
-                    continue
-                problem = _replay_shard(workspace, manifest, checkpoints["checkpoints"], shard, settings, spec)
-                replayed.append(shard)
-                if problem:
-                    problems.append(problem)
-    return {"ok": not problems, "problems": problems, "checked_ids": len(targets),
-            "deleted_ids": len(deleted), "checkpoints": len(checkpoints["checkpoints"]),
-            "replayed_shards": replayed}
+            self.problems.append("cannot replay bit for bit on this machine: " + "; ".join(differences))
+            return
+        for shard in sorted({s for key, (s, _) in self.deleted.items() if key in self.targets and s >= 0}):
+            if shard not in self.rows_by_shard:
+                self.problems.append(f"cannot replay shard {shard}: its shard file is damaged")
+                continue
+            problem = _replay_shard(self.workspace, self.manifest.shard(shard), self.checkpoints,
+                                    settings, self.spec)
+            self.replayed.append(shard)
+            if problem:
+                self.problems.append(problem + self._version_hint())
+
+    def _version_hint(self) -> str:
+        from sisa import __version__
+
+        trained_by = self.manifest.sisa_version
+        if trained_by == __version__:
+            return ""
+        return (f" (the workspace was trained by sisa {trained_by or 'before 0.1.0'} and this is sisa "
+                f"{__version__}: a change in training code between versions changes the bits)")
+
+    def report(self) -> dict[str, Any]:
+        return {"ok": not self.problems, "problems": self.problems, "checked_ids": len(self.targets),
+                "deleted_ids": len(self.deleted), "checkpoints": len(self.checkpoints.checkpoints),
+                "replayed_shards": self.replayed}
 
 
-def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[dict[str, Any]],
-                  shard: int, settings: Settings, spec: DataSpec) -> Optional[str]:
-    entry = next(e for e in manifest["shards"] if e["shard"] == shard)
-    live = {r["slice"]: r["sha256"] for r in records if r["shard"] == shard}
-    if not entry["rows"]:
+def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> dict[str, Any]:
+    check = _Audit(workspace, ids)
+    check.interrupted()
+    check.counts()
+    check.data_files()
+    for record in check.checkpoints.checkpoints:
+        check.checkpoint(record)
+    check.orphans()
+    if replay:
+        check.replay()
+    return check.report()
+
+
+def _replay_shard(workspace: Workspace, entry: DataFile, checkpoints: CheckpointsManifest,
+                  settings: Settings, spec: DataSpec) -> Optional[str]:
+    shard = entry.shard
+    live = {r.slice: r.sha256 for r in checkpoints.of_shard(shard)}
+    if not entry.rows:
         return None if not live else f"shard {shard} is empty but still has checkpoints"
     # Replayed inside the workspace, never in /tmp: a copy of the shard that outlived a killed
     # audit would hold personal data nobody knows of. Commands that write remove the folder,
@@ -152,14 +191,14 @@ def _replay_shard(workspace: Workspace, manifest: dict[str, Any], records: list[
         scratch = Workspace(tmp)
         scratch.shards_dir.mkdir(parents=True)
         try:
-            shutil.copyfile(workspace.shards_dir / entry["file"], scratch.shards_dir / entry["file"])
+            shutil.copyfile(workspace.shards_dir / entry.file, scratch.shards_dir / entry.file)
         except OSError as exc:
-            raise SisaError(f"cannot copy {entry['file']} for replay: {exc}") from None
+            raise SisaError(f"cannot copy {entry.file} for replay: {exc}") from None
         # as training ran it: alone, or in its vectorised group's position
-        result = run_unit([ShardJob(str(tmp), shard, settings, spec, entry["file"], entry["sha256"])])[0]
+        result = run_unit([ShardJob(str(tmp), shard, settings, spec, entry.file, entry.sha256)])[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    fresh = {r["slice"]: r["sha256"] for r in result.checkpoints}
+    fresh = {r.slice: r.sha256 for r in result.checkpoints}
     if fresh != live:
         bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))
         return f"replay of shard {shard} from scratch differs at slices {bad}"

@@ -12,7 +12,8 @@ it first, so recovery after a crash is the same code as a deletion.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import dataclasses
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -22,11 +23,12 @@ from sisa.ids import ids_digest, key_text
 from sisa.settings import Settings
 from sisa.training.executors import Executor, make_executor, verify_result
 from sisa.training.jobs import DataSpec, Progress, ShardJob
-from sisa.workspace.files import ShardRows, Workspace
-from sisa.workspace.ledger import Ledger, read_ledger
+from sisa.workspace.files import Workspace
+from sisa.workspace.ledger import Deleted, Ledger, read_ledger
 from sisa.workspace.lock import workspace_lock
+from sisa.workspace.manifest import CheckpointRecord, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
-from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.rows import ShardRows, rows_to_parquet
 from sisa.workspace.staging import (
     finish_swap,
     remove_scratch,
@@ -60,27 +62,22 @@ def needs_recovery(workspace: Workspace) -> bool:
         return True  # let the writer report it
 
 
-
-
-
-
-
 TEST_SHARD = -1
-
-
+"""Ledger shard number of ids deleted from the test rows (no model trained on them)."""
 
 
 def complete_requests(workspace: Workspace, *, executor: Optional[Executor],
                       progress: Optional[Progress]) -> list[int]:
-    ledger = Ledger(workspace.ledger_path)
-    try:
+    """Carry out the ledger's open requests: purge, retrain, then mark them committed. Safe to
+    run again after a crash at any point; returns the shards retrained."""
+    with Ledger(workspace.ledger_path) as ledger:
         requests = ledger.open_requests()
         if not requests:
             return []
         pending = ledger.deleted(pending_only=True)
         deleted = ledger.deleted()
         shards = sorted({shard for shard, _ in pending.values() if shard >= 0})
-        if workspace.read_manifest().get("test"):  # a deleted id may sit in the test rows too
+        if workspace.manifest().test:  # a deleted id may sit in the test rows too
             _purge(workspace, TEST_SHARD, deleted)
         for shard in shards:
             _purge(workspace, shard, deleted)
@@ -91,92 +88,87 @@ def complete_requests(workspace: Workspace, *, executor: Optional[Executor],
         remove_orphans(workspace)
         ledger.set_state(requests, "committed")
         return shards
-    finally:
-        ledger.close()
 
 
-def _purge(workspace: Workspace, shard: int, deleted: dict[str, tuple[int, int]]) -> None:
+def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> None:
     """Rewrite a shard's file (or the test file, for TEST_SHARD) without deleted rows: the new
     file under a new name first, then the manifest, then the old file goes."""
-    manifest = workspace.read_manifest()
-    data = manifest["data"]
+    manifest = workspace.manifest()
     test = shard == TEST_SHARD
-    entry = manifest["test"] if test else next(e for e in manifest["shards"] if e["shard"] == shard)
-    rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
+    entry = manifest.test if test else manifest.shard(shard)
+    rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
     keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
     if keep.all():
         return
-    old = entry["file"]
     payload = rows_to_parquet(rows.ids[keep], None if test else shard, None if test else rows.slice[keep],
                               rows.label[keep], rows.X[keep])
     name, sha = workspace.write_versioned("test" if test else f"shard-{shard:03d}", payload)
-    entry.update(file=name, sha256=sha, rows=int(keep.sum()))
-    if "ids_sha256" in entry:
-        entry["ids_sha256"] = ids_digest(rows.ids[keep])
+    new = dataclasses.replace(entry, file=name, sha256=sha, rows=int(keep.sum()),
+                              ids_sha256=ids_digest(rows.ids[keep]) if entry.ids_sha256 else "")
     if test:
-        data["n_test"] = int(keep.sum())
         # ids deleted as training rows that also sat in the test rows (workspaces trained before
         # test ids had to differ): the audit's count of test rows needs them
         also = sum(1 for v in rows.ids[~keep].tolist() if deleted.get(key_text(v), (TEST_SHARD,))[0] != TEST_SHARD)
-        if also:
-            data["n_test_deleted_as_training"] = data.get("n_test_deleted_as_training", 0) + also
+        data = dataclasses.replace(manifest.data, n_test=new.rows,
+                                   n_test_deleted_as_training=manifest.data.n_test_deleted_as_training + also)
+        manifest = manifest.replace(test=new, data=data)
     else:
-        slices = Settings.from_dict(manifest["settings"]).slices
-        entry["slice_rows"] = np.bincount(rows.slice[keep], minlength=slices).tolist()
-        data["n_train"] = int(sum(e["rows"] for e in manifest["shards"]))
-    workspace.write_json(workspace.manifest_path, manifest)
+        new = dataclasses.replace(new, slice_rows=tuple(
+            np.bincount(rows.slice[keep], minlength=manifest.settings.slices).tolist()))
+        manifest = manifest.with_shard(new)
+        manifest = manifest.replace(data=dataclasses.replace(
+            manifest.data, n_train=sum(e.rows for e in manifest.shards)))
+    workspace.save(manifest)
     crash_point("after-purge-file")
-    if old != name:
-        (workspace.shards_dir / old).unlink(missing_ok=True)
+    if entry.file != name:
+        (workspace.shards_dir / entry.file).unlink(missing_ok=True)
 
 
-def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[dict[str, Any]],
+def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[CheckpointRecord],
                   settings: Settings) -> int:
     """Number of leading slices whose checkpoint exists and was trained on exactly these rows."""
-    by_slice = {r["slice"]: r for r in records}
+    by_slice = {r.slice: r for r in records}
     for slice_ in range(settings.slices):
         n = int(np.searchsorted(rows.slice, slice_, side="right"))
         record = by_slice.get(slice_)
-        if record is None or record["ids_sha256"] != ids_digest(rows.ids[:n]) \
+        if record is None or record.ids_sha256 != ids_digest(rows.ids[:n]) \
                 or not workspace.verify_checkpoint(record):
             return slice_
     return settings.slices
 
 
+def _drop_stale(workspace: Workspace, manifest: WorkspaceManifest, shard: int) -> Optional[ShardJob]:
+    """Drop the shard's checkpoints that no longer match its rows; the job that retrains the
+    rest (None when nothing is left to train)."""
+    settings, spec = manifest.settings, DataSpec.from_info(manifest.data)
+    entry = manifest.shard(shard)
+    rows = workspace.read_data_file(entry.file, entry.sha256, spec.shape, spec.dtype)
+    checkpoints = workspace.checkpoints()
+    own = checkpoints.of_shard(shard)
+    valid = _valid_prefix(workspace, rows, own, settings) if entry.rows else 0
+    stale = [r for r in own if r.slice >= valid]
+    if stale:
+        workspace.save(checkpoints.without_records(stale))
+        for r in stale:
+            (workspace.checkpoints_dir / r.file).unlink(missing_ok=True)
+    if not entry.rows or valid == settings.slices:
+        return None
+    start = next((r for r in own if r.slice == valid - 1), None)
+    return ShardJob(str(workspace.root.resolve()), shard, settings, spec, entry.file, entry.sha256,
+                    from_slice=valid, start=start, slice_rows=entry.slice_rows)
+
+
 def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Optional[Executor] = None,
                    progress: Optional[Progress] = None) -> None:
     """Drop each shard's checkpoints that no longer match its rows and retrain from there."""
-    manifest = workspace.read_manifest()
-    settings = Settings.from_dict(manifest["settings"])
-    data = manifest["data"]
-    spec = DataSpec(tuple(data["shape"]), data["dtype"], data["scale"], len(data["classes"]))
-    checkpoints = workspace.read_checkpoints_manifest()
-    jobs = []
-    for shard in shards:
-        entry = next(e for e in manifest["shards"] if e["shard"] == shard)
-        rows = workspace.read_data_file(entry["file"], entry["sha256"], spec.shape, spec.dtype)
-        own = [r for r in checkpoints["checkpoints"] if r["shard"] == shard]
-        valid = _valid_prefix(workspace, rows, own, settings) if entry["rows"] else 0
-        stale = [r for r in own if r["slice"] >= valid]
-        if stale:
-            checkpoints["checkpoints"] = [r for r in checkpoints["checkpoints"] if r not in stale]
-            workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
-            for r in stale:
-                (workspace.checkpoints_dir / r["file"]).unlink(missing_ok=True)
-        if entry["rows"] and valid < settings.slices:
-            start = next((r for r in own if r["slice"] == valid - 1), None)
-            jobs.append(ShardJob(str(workspace.root.resolve()), shard, settings, spec, entry["file"],
-                                 entry["sha256"], from_slice=valid, start=start,
-                                 slice_rows=tuple(entry["slice_rows"])))
+    manifest = workspace.manifest()
+    jobs = [job for job in (_drop_stale(workspace, manifest, shard) for shard in shards) if job]
 
-    def record_progress(record: dict[str, Any]) -> None:
+    def record_progress(record: CheckpointRecord) -> None:
         if progress is not None:
             progress(record)
         crash_point("mid-retrain")
 
     for result in (executor or make_executor("local")).run(jobs, record_progress):
         verify_result(workspace, result)
-        checkpoints["checkpoints"] = sorted(checkpoints["checkpoints"] + result.checkpoints,
-                                            key=lambda r: (r["shard"], r["slice"]))
-        workspace.write_json(workspace.checkpoints_manifest_path, checkpoints)
-
+        workspace.save(workspace.checkpoints().with_records(result.checkpoints))

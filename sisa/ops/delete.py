@@ -17,12 +17,12 @@ from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import key_text
 from sisa.ops.commit import TEST_SHARD, complete_pending
-from sisa.settings import Settings
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
 from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import Ledger, read_ledger
 from sisa.workspace.lock import workspace_lock
+from sisa.workspace.manifest import DataFile, WorkspaceManifest
 
 
 @dataclass
@@ -66,10 +66,6 @@ class Plan:
         }
 
 
-"""Ledger shard number of ids deleted from the test rows (no model trained on them)."""
-
-
-
 
 def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False) -> Plan:
     """Group ids by shard and find each shard's earliest affected slice. Changes nothing."""
@@ -78,10 +74,10 @@ def plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool =
 
 
 def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool) -> Plan:
-    manifest = workspace.read_manifest()
-    settings = Settings.from_dict(manifest["settings"])
+    manifest = workspace.manifest()
+    settings = manifest.settings
     deleted = read_ledger(workspace.ledger_path)[0]  # a dry run must not even create the ledger
-    plan = Plan()
+    plan = Plan(epochs=settings.slice_epochs())
     unique = list(dict.fromkeys(ids))
     where = assign(unique, seed=settings.seed, shards=settings.shards, slices=settings.slices)
     wanted: dict[int, list] = {}
@@ -90,45 +86,56 @@ def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool)
             plan.already_deleted.append(value)
         else:
             wanted.setdefault(int(where.shard[k]), []).append(value)
-    entries = {e["shard"]: e for e in manifest["shards"]}
     for shard, candidates in sorted(wanted.items()):
-        shard_ids, shard_slices = file_ids(workspace, entries[shard])
-        position = {key_text(v): i for i, v in enumerate(shard_ids.tolist())}
-        for value in candidates:
-            i = position.get(key_text(value))
-            if i is None:
-                plan.missing.append(value)
-                continue
-            plan.delete.setdefault(shard, []).append(value)
-            plan.slices_of[key_text(value)] = (shard, int(shard_slices[i]))
-        if shard in plan.delete:
-            keys = {key_text(v) for v in plan.delete[shard]}
-            plan.from_slice[shard] = min(plan.slices_of[k][1] for k in keys)
-            plan.samples[shard] = int(len(shard_ids) - len(keys))
-            gone = np.bincount([plan.slices_of[k][1] for k in keys], minlength=settings.slices)
-            plan.slice_rows[shard] = (np.bincount(shard_slices, minlength=settings.slices) - gone).tolist()
-    plan.epochs = settings.slice_epochs()
-    if manifest.get("test") and (plan.missing or plan.delete):
-        # A person's rows may sit in the held-out test set: they are purged from it too.
-        test_ids = set(map(key_text, file_ids(workspace, manifest["test"])[0].tolist()))
-        plan.test = [v for v in plan.missing if key_text(v) in test_ids]
-        plan.missing = [v for v in plan.missing if key_text(v) not in test_ids]
-        plan.also_test = [v for ids in plan.delete.values() for v in ids if key_text(v) in test_ids]
-        for value in plan.test:
-            plan.slices_of[key_text(value)] = (TEST_SHARD, -1)
+        _plan_shard(plan, workspace, manifest.shard(shard), candidates, settings.slices)
+    if manifest.test and (plan.missing or plan.delete):
+        _plan_test_rows(plan, workspace, manifest.test)
+    _refuse_unsafe(plan, manifest, ignore_missing=ignore_missing)
+    plan.estimate_seconds = sum(r.seconds for r in workspace.checkpoints().checkpoints
+                                if r.shard in plan.from_slice and r.slice >= plan.from_slice[r.shard])
+    return plan
+
+
+def _plan_shard(plan: Plan, workspace: Workspace, entry: DataFile, candidates: list, slices: int) -> None:
+    """Find ``candidates`` in the shard's rows; the shard's earliest affected slice."""
+    shard = entry.shard
+    shard_ids, shard_slices = file_ids(workspace, entry)
+    position = {key_text(v): i for i, v in enumerate(shard_ids.tolist())}
+    for value in candidates:
+        i = position.get(key_text(value))
+        if i is None:
+            plan.missing.append(value)
+            continue
+        plan.delete.setdefault(shard, []).append(value)
+        plan.slices_of[key_text(value)] = (shard, int(shard_slices[i]))
+    if shard in plan.delete:
+        keys = {key_text(v) for v in plan.delete[shard]}
+        plan.from_slice[shard] = min(plan.slices_of[k][1] for k in keys)
+        plan.samples[shard] = int(len(shard_ids) - len(keys))
+        gone = np.bincount([plan.slices_of[k][1] for k in keys], minlength=slices)
+        plan.slice_rows[shard] = (np.bincount(shard_slices, minlength=slices) - gone).tolist()
+
+
+def _plan_test_rows(plan: Plan, workspace: Workspace, test: DataFile) -> None:
+    """A person's rows may sit in the held-out test set: they are purged from it too."""
+    test_ids = set(map(key_text, file_ids(workspace, test)[0].tolist()))
+    plan.test = [v for v in plan.missing if key_text(v) in test_ids]
+    plan.missing = [v for v in plan.missing if key_text(v) not in test_ids]
+    plan.also_test = [v for ids in plan.delete.values() for v in ids if key_text(v) in test_ids]
+    for value in plan.test:
+        plan.slices_of[key_text(value)] = (TEST_SHARD, -1)
+
+
+def _refuse_unsafe(plan: Plan, manifest: WorkspaceManifest, *, ignore_missing: bool) -> None:
     if plan.missing and not ignore_missing:
         shown = ", ".join(repr(v) for v in plan.missing[:10])
         more = f" and {len(plan.missing) - 10} more" if len(plan.missing) > 10 else ""
         raise SisaError(f"unknown ids (not in the training data): {shown}{more}; nothing was deleted "
                         f"(to delete the others, pass --ignore-missing, or ignore_missing=True in Python)")
-    remaining = sum(e["rows"] for e in manifest["shards"]) - sum(len(v) for v in plan.delete.values())
+    remaining = sum(e.rows for e in manifest.shards) - sum(len(v) for v in plan.delete.values())
     if plan.ids and remaining <= 0:
         raise SisaError("refusing to delete every training id: nothing would be left to train on; "
                         "delete the workspace instead")
-    records = workspace.read_checkpoints_manifest()["checkpoints"]
-    plan.estimate_seconds = sum(r["seconds"] for r in records
-                                if r["shard"] in plan.from_slice and r["slice"] >= plan.from_slice[r["shard"]])
-    return plan
 
 
 def delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False,

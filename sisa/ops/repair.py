@@ -12,20 +12,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import numpy as np
 
 from sisa.errors import SisaError
 from sisa.ids import id_order, ids_digest, key_text
-from sisa.ops.commit import complete_pending, retrain_shards
-from sisa.ops.delete import TEST_SHARD
-from sisa.settings import Settings
+from sisa.ops.commit import TEST_SHARD, complete_pending, retrain_shards
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
-from sisa.workspace.files import CHECKPOINTS_FORMAT, Workspace, sha256_file
+from sisa.workspace.files import Workspace, sha256_file
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
+from sisa.workspace.manifest import (
+    CheckpointRecord,
+    CheckpointsManifest,
+    DataFile,
+    WorkspaceManifest,
+)
 from sisa.workspace.orphans import orphan_files
 from sisa.workspace.rows import rows_to_parquet
 
@@ -34,47 +39,18 @@ def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: O
            progress: Optional[Progress] = None) -> dict[str, Any]:
     """Repair the workspace; returns what was done and the audit that followed."""
     with workspace_lock(workspace.root, exclusive=True):
-        manifest = workspace.read_manifest()
         actions: list[str] = []
-        settings = Settings.from_dict(manifest["settings"])
-        damaged = [e for e in manifest["shards"] if sha256_file(workspace.shards_dir / e["file"]) != e["sha256"]]
-        test = manifest.get("test")
-        test_damaged = bool(test) and sha256_file(workspace.shards_dir / test["file"]) != test["sha256"]
-        rebuilt_from_scratch: set[int] = set()
-        if damaged or test_damaged:
-            if data_spec is None:
-                names = [e["file"] for e in damaged] + ([test["file"]] if test_damaged else [])
-                raise SisaError(f"damaged data files: {', '.join(names)}; pass --data SPEC (the source the "
-                                f"workspace was trained on) to rebuild them")
-            rebuilt_from_scratch = _rebuild_data(workspace, manifest, damaged, test_damaged, data_spec, actions)
+        rebuilt_from_scratch = _repair_data(workspace, data_spec, actions)
         try:
-            workspace.read_checkpoints_manifest()
+            workspace.checkpoints()
         except SisaError as exc:
-            _rebuild_checkpoints_manifest(workspace, settings, actions, reason=str(exc))
+            _rebuild_checkpoints_manifest(workspace, actions, reason=str(exc))
         complete_pending(workspace, executor=executor, progress=progress)
-        checkpoints = workspace.read_checkpoints_manifest()["checkpoints"]
-        unloadable = [r for r in checkpoints if workspace.verify_checkpoint(r) and not _loads(workspace, r)]
-        bad = sorted({r["shard"] for r in checkpoints if not workspace.verify_checkpoint(r)}
-                     | {r["shard"] for r in unloadable})
-        if unloadable:  # whole by sha256 but not a checkpoint sisa can load: retrain from before it
-            first = {}
-            for r in unloadable:
-                first[r["shard"]] = min(first.get(r["shard"], r["slice"]), r["slice"])
-            checkpoints = [r for r in checkpoints if not (r["shard"] in first and r["slice"] >= first[r["shard"]])]
-            manifest_c = workspace.read_checkpoints_manifest()
-            manifest_c["checkpoints"] = checkpoints
-            workspace.write_json(workspace.checkpoints_manifest_path, manifest_c)
-            for r in unloadable:
-                (workspace.checkpoints_dir / r["file"]).unlink(missing_ok=True)
-                actions.append(f"removed {r['file']}: it matches its sha256 but cannot be loaded as a checkpoint")
-        if rebuilt_from_scratch:
-            checkpoints = [r for r in checkpoints if r["shard"] not in rebuilt_from_scratch]
-            manifest_c = workspace.read_checkpoints_manifest()
-            manifest_c["checkpoints"] = checkpoints
-            workspace.write_json(workspace.checkpoints_manifest_path, manifest_c)
+        bad = _drop_unusable_checkpoints(workspace, rebuilt_from_scratch, actions)
         for shard in bad:
             actions.append(f"shard {shard}: damaged checkpoint(s); retrained from the last good one")
-        retrain_shards(workspace, range(settings.shards), executor=executor, progress=progress)
+        retrain_shards(workspace, range(workspace.manifest().settings.shards), executor=executor,
+                       progress=progress)
         for path in orphan_files(workspace):
             path.unlink(missing_ok=True)
             actions.append(f"removed {path.relative_to(workspace.root)} (named by no manifest)")
@@ -84,58 +60,90 @@ def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: O
     return {"actions": actions, "ok": result["ok"], "problems": result["problems"]}
 
 
-def _rebuild_data(workspace: Workspace, manifest: dict[str, Any], damaged: list[dict[str, Any]],
-                  test_damaged: bool, data_spec: str, actions: list[str]) -> set[int]:
+def _repair_data(workspace: Workspace, data_spec: Optional[str], actions: list[str]) -> set[int]:
+    """Rebuild damaged data files from the source; returns the shards that retrain from scratch."""
+    manifest = workspace.manifest()
+    damaged = [e for e in manifest.files() if sha256_file(workspace.shards_dir / e.file) != e.sha256]
+    if not damaged:
+        return set()
+    if data_spec is None:
+        raise SisaError(f"damaged data files: {', '.join(e.file for e in damaged)}; pass --data SPEC (the "
+                        f"source the workspace was trained on) to rebuild them")
+    return _rebuild_data(workspace, manifest, damaged, data_spec, actions)
+
+
+def _drop_unusable_checkpoints(workspace: Workspace, rebuilt_from_scratch: set[int],
+                               actions: list[str]) -> list[int]:
+    """Drop checkpoints that are whole by sha256 but cannot be loaded (and every later slice),
+    and those of shards rebuilt from scratch; returns the shards with damaged checkpoints."""
+    checkpoints = workspace.checkpoints()
+    records = checkpoints.checkpoints
+    unloadable = [r for r in records if workspace.verify_checkpoint(r) and not _loads(workspace, r)]
+    bad = sorted({r.shard for r in records if not workspace.verify_checkpoint(r)} | {r.shard for r in unloadable})
+    first: dict[int, int] = {}
+    for r in unloadable:
+        first[r.shard] = min(first.get(r.shard, r.slice), r.slice)
+    dropped = [r for r in records if (r.shard in first and r.slice >= first[r.shard])
+               or r.shard in rebuilt_from_scratch]
+    if dropped:
+        workspace.save(checkpoints.without_records(dropped))
+    for r in unloadable:
+        (workspace.checkpoints_dir / r.file).unlink(missing_ok=True)
+        actions.append(f"removed {r.file}: it matches its sha256 but cannot be loaded as a checkpoint")
+    return bad
+
+
+def _rebuild_data(workspace: Workspace, manifest: WorkspaceManifest, damaged: list[DataFile],
+                  data_spec: str, actions: list[str]) -> set[int]:
     from sisa.data.partition import assign, shard_order
     from sisa.data.sources import load
 
-    data = manifest["data"]
-    settings = Settings.from_dict(manifest["settings"])
-    source = load(data_spec, id_col=data.get("id_col", "id"), label_col=data.get("label_col", "label"),
-                  test_spec=data.get("test_spec"), test_fraction=data.get("test_fraction", 0.2))
+    data, settings = manifest.data, manifest.settings
+    source = load(data_spec, id_col=data.source_value("id_col", "id"), label_col=data.source_value("label_col", "label"),
+                  test_spec=data.source_value("test_spec"), test_fraction=data.source_value("test_fraction", 0.2))
     deleted = set(read_ledger(workspace.ledger_path)[0])
     retrain: set[int] = set()
-    final = {r["shard"]: r for r in workspace_checkpoints(workspace) if r["slice"] == settings.slices - 1}
+    final = {r.shard: r for r in _recorded_checkpoints(workspace) if r.slice == settings.slices - 1}
 
     def keep(table):
         mask = np.array([key_text(v) not in deleted for v in table.ids.tolist()], dtype=bool)
         return table.take(mask)
 
     for entry in damaged:
+        if entry.shard is None:
+            test = keep(source.test)
+            _check_same_ids("the test rows", test.ids, entry.rows, entry.ids_sha256 or None, data_spec)
+            order = id_order(test.ids)
+            labels = source.label_index(test.y[order], "test data")
+            payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data.dtype))
+            manifest = _replace(workspace, manifest, entry, payload, actions, retrain)
+            continue
         train = keep(source.train)
         where = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
-        rows = shard_order(where, entry["shard"])
-        expected = entry.get("ids_sha256") or (final.get(entry["shard"]) or {}).get("ids_sha256")
-        _check_same_ids(f"shard {entry['shard']}", train.ids[rows], entry["rows"], expected, data_spec)
+        rows = shard_order(where, entry.shard)
+        expected = entry.ids_sha256 or (final[entry.shard].ids_sha256 if entry.shard in final else None)
+        _check_same_ids(f"shard {entry.shard}", train.ids[rows], entry.rows, expected, data_spec)
         labels = source.label_index(train.y[rows], "training data")
-        payload = rows_to_parquet(train.ids[rows], entry["shard"], where.slice[rows], labels,
-                                  train.X[rows].astype(data["dtype"]))
-        _replace(workspace, manifest, entry, payload, f"shard-{entry['shard']:03d}", actions, retrain)
-    if test_damaged:
-        test = keep(source.test)
-        _check_same_ids("the test rows", test.ids, manifest["test"]["rows"], manifest["test"].get("ids_sha256"),
-                        data_spec)
-        order = id_order(test.ids)
-        labels = source.label_index(test.y[order], "test data")
-        payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data["dtype"]))
-        _replace(workspace, manifest, manifest["test"], payload, "test", actions, retrain, shard=TEST_SHARD)
-    workspace.write_json(workspace.manifest_path, manifest)
+        payload = rows_to_parquet(train.ids[rows], entry.shard, where.slice[rows], labels,
+                                  train.X[rows].astype(data.dtype))
+        manifest = _replace(workspace, manifest, entry, payload, actions, retrain)
+    workspace.save(manifest)
     return {s for s in retrain if s != TEST_SHARD}
 
 
-def _loads(workspace: Workspace, record: dict[str, Any]) -> bool:
+def _loads(workspace: Workspace, record: CheckpointRecord) -> bool:
     try:
         counters = workspace.load_checkpoint(record)["counters"]
-        return (counters["shard"], counters["slice"]) == (record["shard"], record["slice"])
+        return (counters["shard"], counters["slice"]) == (record.shard, record.slice)
     except (SisaError, KeyError, TypeError):
         return False
 
 
-def workspace_checkpoints(workspace: Workspace) -> list[dict[str, Any]]:
+def _recorded_checkpoints(workspace: Workspace) -> tuple[CheckpointRecord, ...]:
     try:
-        return workspace.read_checkpoints_manifest()["checkpoints"]
+        return workspace.checkpoints().checkpoints
     except SisaError:
-        return []
+        return ()
 
 
 def _check_same_ids(what: str, ids, rows: int, expected: Optional[str], data_spec: str) -> None:
@@ -148,52 +156,58 @@ def _check_same_ids(what: str, ids, rows: int, expected: Optional[str], data_spe
                         f"Pass the unchanged source")
 
 
-def _replace(workspace: Workspace, manifest: dict[str, Any], entry: dict[str, Any], payload: bytes,
-             prefix: str, actions: list[str], retrain: set[int], shard: Optional[int] = None) -> None:
+def _replace(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile, payload: bytes,
+             actions: list[str], retrain: set[int]) -> WorkspaceManifest:
+    """Write a rebuilt data file; returns the manifest naming it."""
     from sisa.workspace.files import sha256_bytes
 
-    shard = entry.get("shard", TEST_SHARD) if shard is None else shard
-    if sha256_bytes(payload) == entry["sha256"]:
-        workspace.write_data_file(entry["file"], payload)
-        actions.append(f"restored {entry['file']} from the source, byte for byte")
-        return
-    name, sha = workspace.write_versioned(prefix, payload)
-    actions.append(f"rebuilt {entry['file']} from the source as {name} (contents differ from the "
-                   f"recorded file{'; the shard retrains from scratch' if shard != TEST_SHARD else ''})")
-    entry.update(file=name, sha256=sha)
-    retrain.add(shard)
+    if sha256_bytes(payload) == entry.sha256:
+        workspace.write_data_file(entry.file, payload)
+        actions.append(f"restored {entry.file} from the source, byte for byte")
+        return manifest
+    test = entry.shard is None
+    name, sha = workspace.write_versioned("test" if test else f"shard-{entry.shard:03d}", payload)
+    actions.append(f"rebuilt {entry.file} from the source as {name} (contents differ from the "
+                   f"recorded file{'' if test else '; the shard retrains from scratch'})")
+    retrain.add(TEST_SHARD if test else entry.shard)
+    new = dataclasses.replace(entry, file=name, sha256=sha)
+    return manifest.replace(test=new) if test else manifest.with_shard(new)
 
 
-def _rebuild_checkpoints_manifest(workspace: Workspace, settings: Settings, actions: list[str],
-                                  reason: str) -> None:
-    manifest = workspace.read_manifest()
-    data = manifest["data"]
+def _rebuild_checkpoints_manifest(workspace: Workspace, actions: list[str], reason: str) -> None:
+    from sisa.training.numerics import numerics_environment
+
+    manifest = workspace.manifest()
     records = []
-    for entry in manifest["shards"]:
-        if not entry["rows"]:
-            continue
-        rows = workspace.read_data_file(entry["file"], entry["sha256"], tuple(data["shape"]), data["dtype"])
-        for slice_ in range(settings.slices):
-            n = int(np.searchsorted(rows.slice, slice_, side="right"))
-            digest = ids_digest(rows.ids[:n])
-            name = workspace.checkpoint_name(entry["shard"], slice_, digest)
-            path = workspace.checkpoints_dir / name
-            if not path.exists():
-                break
-            record = {"shard": entry["shard"], "slice": slice_, "file": name, "sha256": sha256_file(path),
-                      "ids_sha256": digest, "samples": n, "epochs": settings.slice_epochs()[slice_],
-                      "seconds": 0.0}
-            try:
-                counters = workspace.load_checkpoint(record)["counters"]
-            except (SisaError, KeyError):
-                break
-            if (counters.get("shard"), counters.get("slice"), counters.get("samples")) != (entry["shard"], slice_, n):
-                break
-            records.append(record)
-    from sisa.training.slices import numerics_environment
-
-    environment = numerics_environment(settings)
-    workspace.write_json(workspace.checkpoints_manifest_path,
-                         {"format": CHECKPOINTS_FORMAT, "environment": environment, "checkpoints": records})
+    for entry in manifest.shards:
+        if entry.rows:
+            records += _whole_checkpoints(workspace, manifest, entry)
+    environment = numerics_environment(manifest.settings)
+    workspace.save(CheckpointsManifest(checkpoints=tuple(records), environment=environment))
     actions.append(f"rebuilt checkpoints/manifest.json from {len(records)} whole checkpoint files ({reason}); "
                    f"numerics recorded as this machine's")
+
+
+def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile) -> list[CheckpointRecord]:
+    """The shard's leading checkpoints found on disk under the names their id sets give them,
+    each holding the shard, slice and sample count it should."""
+    settings = manifest.settings
+    rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
+    records = []
+    for slice_ in range(settings.slices):
+        n = int(np.searchsorted(rows.slice, slice_, side="right"))
+        digest = ids_digest(rows.ids[:n])
+        name = workspace.checkpoint_name(entry.shard, slice_, digest)
+        path = workspace.checkpoints_dir / name
+        if not path.exists():
+            break
+        record = CheckpointRecord(shard=entry.shard, slice=slice_, file=name, sha256=sha256_file(path) or "",
+                                  ids_sha256=digest, samples=n, epochs=settings.slice_epochs()[slice_])
+        try:
+            counters = workspace.load_checkpoint(record)["counters"]
+        except (SisaError, KeyError):
+            break
+        if (counters.get("shard"), counters.get("slice"), counters.get("samples")) != (entry.shard, slice_, n):
+            break
+        records.append(record)
+    return records

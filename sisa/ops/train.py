@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -12,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from sisa import __version__
-from sisa.data.partition import assign, check_sizes, shard_order
+from sisa.data.partition import Assignment, assign, check_sizes, shard_order
 from sisa.data.sources import Dataset, Table
 from sisa.errors import SisaError
 from sisa.faults import crash_point
@@ -22,9 +23,16 @@ from sisa.ops.ensemble import Ensemble
 from sisa.settings import Settings
 from sisa.training.executors import Executor, make_executor, verify_result
 from sisa.training.jobs import DataSpec, Progress, ShardJob
-from sisa.workspace.files import CHECKPOINTS_FORMAT, WORKSPACE_FORMAT, Workspace
+from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import carry, read_ledger
 from sisa.workspace.lock import workspace_lock
+from sisa.workspace.manifest import (
+    CheckpointsManifest,
+    DataFile,
+    DataInfo,
+    WorkspaceManifest,
+    by_position,
+)
 from sisa.workspace.orphans import remove_orphans
 from sisa.workspace.rows import rows_to_parquet
 from sisa.workspace.staging import (
@@ -53,6 +61,36 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     """
     started = time.perf_counter()
     workspace = Workspace(workdir)
+    _check_input(workspace, dataset, settings, force=force)
+    with workspace_lock(workspace.root, exclusive=True):
+        finish_swap(workspace)
+        _refuse_existing(workspace, force)  # again, now that no other process can be writing
+        remove_scratch(workspace)
+        deleted = {} if discard_deletions else read_ledger(workspace.ledger_path)[0]
+        dataset, excluded = _without_deleted(dataset, deleted)
+        train, test = dataset.train, dataset.test
+        if len(train) == 0:
+            raise SisaError(f"every training row of {dataset.spec} was deleted earlier; nothing to train on")
+        labels = dataset.label_index(train.y, "training data")
+        test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
+        assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
+        counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
+        given = _Input(dataset, settings, assignment, counts, labels, test_labels, dict(source or {}))
+        records, summary_extra = _write_and_train(
+            workspace, given, executor=executor, progress=progress,
+            carry_ledger=bool(deleted) and workspace.ledger_path.exists())
+    summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
+               "model": settings.model, "n_train": int(len(train)),
+               "excluded_deleted": excluded, "deletions_discarded": bool(discard_deletions),
+               # a vectorised group's slice seconds count once, not once per shard trained in it
+               "train_seconds": round(sum(r.seconds / (r.shared_by or 1) for r in records), 3),
+               **summary_extra}
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _check_input(workspace: Workspace, dataset: Dataset, settings: Settings, *, force: bool) -> None:
+    """Everything that can be wrong with the input, found before the first file is written."""
     if workspace.root.exists() and not workspace.root.is_dir():
         raise SisaError(f"workdir {workspace.root} is not a folder")
     _refuse_existing(workspace, force)
@@ -69,32 +107,6 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
 
         if not torch.cuda.is_available():
             raise SisaError("--device cuda was asked for, but torch sees no CUDA device")
-
-    with workspace_lock(workspace.root, exclusive=True):
-        finish_swap(workspace)
-        _refuse_existing(workspace, force)  # again, now that no other process can be writing
-        remove_scratch(workspace)
-        deleted = {} if discard_deletions else read_ledger(workspace.ledger_path)[0]
-        dataset, excluded = _without_deleted(dataset, deleted)
-        train, test = dataset.train, dataset.test
-        if len(train) == 0:
-            raise SisaError(f"every training row of {dataset.spec} was deleted earlier; nothing to train on")
-        labels = dataset.label_index(train.y, "training data")
-        test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
-        assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
-        counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
-        records, summary_extra = _write_and_train(
-            workspace, dataset, settings, assignment, counts, labels, test_labels,
-            executor=executor, progress=progress, source=source,
-            carry_ledger=bool(deleted) and workspace.ledger_path.exists())
-    summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
-               "model": settings.model, "n_train": int(len(train)),
-               "excluded_deleted": excluded, "deletions_discarded": bool(discard_deletions),
-               # a vectorised group's slice seconds count once, not once per shard trained in it
-               "train_seconds": round(sum(r["seconds"] / r.get("shared_by", 1) for r in records), 3),
-               **summary_extra}
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    return summary
 
 
 def check_test_ids(dataset: Dataset) -> None:
@@ -153,7 +165,7 @@ def _refuse_existing(workspace: Workspace, force: bool) -> None:
     try:
         import json
 
-        is_sisa = json.loads(workspace.manifest_path.read_text()).get("format") == WORKSPACE_FORMAT
+        is_sisa = str(json.loads(workspace.manifest_path.read_text()).get("format")).startswith("sisa-workspace/")
     except (OSError, ValueError, AttributeError):
         is_sisa = False
     if not is_sisa or workspace.manifest_path.is_symlink():
@@ -161,19 +173,30 @@ def _refuse_existing(workspace: Workspace, force: bool) -> None:
                         f"sisa did not write (move it away first)")
 
 
-def _write_and_train(workspace, dataset, settings, assignment, counts, labels, test_labels, *,
-                     executor, progress, source, carry_ledger):
+@dataclass(frozen=True)
+class _Input:
+    """What is trained: the rows (deleted ids left out), their partition and class indices."""
+
+    dataset: Dataset
+    settings: Settings
+    assignment: Assignment
+    counts: np.ndarray
+    labels: np.ndarray
+    test_labels: Optional[np.ndarray]
+    source: dict[str, Any]
+
+
+def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress, carry_ledger: bool):
     """Build the workspace in a staging folder, then swap it in (the commit point)."""
     staging = make_scratch(workspace, STAGING_PREFIX)
     try:
         stage = Workspace(staging)
-        records, test_probas, manifest = _build(stage, dataset, settings, assignment, counts, labels,
-                                                test_labels, executor=executor, progress=progress,
-                                                source=source)
+        manifest = _write_rows(stage, given)
+        checkpoints, test_probas = _train_shards(stage, manifest, executor=executor, progress=progress)
         if carry_ledger:
             carried = carry(workspace.ledger_path, stage.ledger_path)
-            manifest["data"]["carried_deletions"] = carried
-        stage.write_json(stage.manifest_path, manifest)
+            manifest = manifest.replace(data=dataclasses.replace(manifest.data, carried_deletions=carried))
+        stage.save(manifest)
         crash_point("before-swap")
         swap_in(workspace, staging)
     except BaseException:
@@ -181,38 +204,51 @@ def _write_and_train(workspace, dataset, settings, assignment, counts, labels, t
             shutil.rmtree(staging, ignore_errors=True)
         raise
     remove_orphans(workspace)  # files of the old workspace its own manifests no longer named
-    if manifest["test"] is None:
-        return records, {}
+    if manifest.test is None:
+        return checkpoints.checkpoints, {}
     ensemble = Ensemble(workspace)
-    probas = np.stack([test_probas[r["shard"]] for r in ensemble.final_records()])
-    return records, ensemble.evaluate(probas)
+    probas = np.stack([test_probas[r.shard] for r in ensemble.final_records()])
+    return checkpoints.checkpoints, ensemble.evaluate(probas)
 
 
-def _build(stage: Workspace, dataset, settings, assignment, counts, labels, test_labels, *,
-           executor, progress, source):
-    """Write shard files, train every shard and write the checkpoints manifest into ``stage``;
-    returns the checkpoint records, test probabilities and the (unwritten) shards manifest."""
+def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
+    """Write the shard files and the test file into ``stage``; returns the (unwritten) manifest."""
+    dataset, settings, assignment = given.dataset, given.settings, given.assignment
     train, test = dataset.train, dataset.test
     dtype = str(train.X.dtype)
-    shard_entries = []
+    shards = []
     for s in range(settings.shards):
         rows = shard_order(assignment, s)
         name, sha = stage.write_shard_file(s, rows_to_parquet(
-            train.ids[rows], s, assignment.slice[rows], labels[rows], train.X[rows]))
-        shard_entries.append({"shard": s, "file": name, "sha256": sha, "rows": int(len(rows)),
-                              "slice_rows": counts[s].tolist(), "ids_sha256": ids_digest(train.ids[rows])})
-    test_entry = None
-    if test_labels is not None:
+            train.ids[rows], s, assignment.slice[rows], given.labels[rows], train.X[rows]))
+        shards.append(DataFile(file=name, sha256=sha, rows=int(len(rows)), ids_sha256=ids_digest(train.ids[rows]),
+                               shard=s, slice_rows=tuple(given.counts[s].tolist())))
+    test_file = None
+    if given.test_labels is not None:
         order = id_order(test.ids)
         name, sha = stage.write_versioned("test", rows_to_parquet(
-            test.ids[order], None, None, test_labels[order], test.X[order].astype(dtype)))
-        test_entry = {"file": name, "sha256": sha, "rows": int(len(test)), "ids_sha256": ids_digest(test.ids)}
+            test.ids[order], None, None, given.test_labels[order], test.X[order].astype(dtype)))
+        test_file = DataFile(file=name, sha256=sha, rows=int(len(test)), ids_sha256=ids_digest(test.ids))
+    n_test = test_file.rows if test_file else 0
+    # with the ledger, the initial counts show whether rows went missing without a deletion
+    data = DataInfo(shape=tuple(dataset.shape), dtype=dtype, scale=float(dataset.scale),
+                    classes=tuple(dataset.classes), id_kind=dataset.id_kind,
+                    n_train=int(len(train)), n_test=n_test, n_train_initial=int(len(train)), n_test_initial=n_test,
+                    feature_names=None if dataset.feature_names is None else tuple(dataset.feature_names),
+                    source={"spec": dataset.spec, **given.source})
+    return WorkspaceManifest(settings=settings, data=data, shards=tuple(shards), test=test_file,
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             sisa_version=__version__)
 
-    spec = DataSpec(tuple(dataset.shape), dtype, float(dataset.scale), len(dataset.classes))
-    evaluate = (test_entry["file"], test_entry["sha256"]) if test_entry else None
-    jobs = [ShardJob(str(stage.root.resolve()), e["shard"], settings, spec, e["file"], e["sha256"],
-                     slice_rows=tuple(e["slice_rows"]), evaluate=evaluate)
-            for e in shard_entries if e["rows"]]
+
+def _train_shards(stage: Workspace, manifest: WorkspaceManifest, *, executor, progress):
+    """Train every shard of ``stage`` and write its checkpoints manifest; returns it and each
+    shard's final test probabilities."""
+    spec = DataSpec.from_info(manifest.data)
+    evaluate = (manifest.test.file, manifest.test.sha256) if manifest.test else None
+    jobs = [ShardJob(str(stage.root.resolve()), e.shard, manifest.settings, spec, e.file, e.sha256,
+                     slice_rows=e.slice_rows, evaluate=evaluate)
+            for e in manifest.shards if e.rows]
     records, environments, test_probas = [], [], {}
     for result in (executor or make_executor("local")).run(jobs, progress):
         verify_result(stage, result)
@@ -221,28 +257,9 @@ def _build(stage: Workspace, dataset, settings, assignment, counts, labels, test
         test_probas[result.shard] = result.test_probas
     if any(env != environments[0] for env in environments):
         raise SisaError(f"shards were trained under different numerics environments: {environments}")
-    records.sort(key=lambda r: (r["shard"], r["slice"]))
-    stage.write_json(stage.checkpoints_manifest_path, {
-        "format": CHECKPOINTS_FORMAT, "environment": environments[0], "checkpoints": records})
-    manifest = {
-        "format": WORKSPACE_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sisa_version": __version__,
-        "settings": settings.to_dict(),
-        "data": {
-            "spec": dataset.spec, "shape": list(dataset.shape), "dtype": dtype,
-            "scale": float(dataset.scale), "classes": list(dataset.classes),
-            "feature_names": dataset.feature_names, "id_kind": dataset.id_kind,
-            "n_train": int(len(train)), "n_test": int(len(test)) if test_labels is not None else 0,
-            # with the ledger, these show whether rows went missing without a deletion
-            "n_train_initial": int(len(train)),
-            "n_test_initial": int(len(test)) if test_labels is not None else 0,
-            **(source or {}),
-        },
-        "shards": shard_entries,
-        "test": test_entry,
-    }
-    return records, test_probas, manifest
+    checkpoints = CheckpointsManifest(checkpoints=tuple(by_position(records)), environment=environments[0])
+    stage.save(checkpoints)
+    return checkpoints, test_probas
 
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -101,11 +102,8 @@ def train_model(settings: Settings, data: DataSpec, X: np.ndarray, y: np.ndarray
     import torch
 
     from sisa.research.baselines import AmnesiacLog
-    from sisa.training.slices import (
-        deterministic_torch,
-        make_training_state,
-        train_slice,
-    )
+    from sisa.training.numerics import deterministic_torch
+    from sisa.training.slices import make_training_state, train_slice
 
     mono = dataclasses.replace(settings, shards=1, slices=1)
     started = time.perf_counter()
@@ -126,6 +124,18 @@ def _probas(model, X: np.ndarray, settings: Settings, data: DataSpec) -> np.ndar
     return predict_probas(model.state_dict(), X, settings=settings, data=data)
 
 
+@dataclass(frozen=True)
+class _Sets:
+    """The rows every model is scored on: retain, forget and test, features and class indices."""
+
+    train: Any
+    labels: np.ndarray
+    forget: np.ndarray
+    data: DataSpec
+    X: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+
+
 def compare(dataset: Dataset, settings: Settings, forget: str, *,
             methods: Sequence[str] = DEFAULT_METHODS, method_params: Optional[dict[str, dict]] = None,
             sisa: bool = True, shadows: int = 0, workdir: Optional[str] = None,
@@ -136,78 +146,96 @@ def compare(dataset: Dataset, settings: Settings, forget: str, *,
     ``{"rows": [...], "forget": ..., "settings": ..., ...}``; each row has method, RA, FA,
     TA, UA, MIA, MIA_efficacy, gap (to the retrained model), seconds and speedup.
     """
-    import torch
-    import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
+    method_params = method_params or {}
+    _check_request(dataset, methods, method_params)
+    sets = _sets(dataset, settings, forget)
+    train, forget_rows = sets.train, sets.forget
+    info(f"{dataset.spec}: {len(train)} training rows, forgetting {int(forget_rows.sum())} ({forget}); "
+         f"{len(dataset.test)} test rows; model {settings.model}, {settings.epochs} epochs")
+    rows = _train_and_unlearn(sets, settings, methods, method_params, info)
+    retrain_s = rows[1]["seconds"]
+    exactness = None
+    if sisa:
+        row, exactness = _sisa_row(dataset, settings, forget_ids=train.ids[forget_rows], sets=sets.X,
+                                   set_labels=sets.y, workdir=workdir, info=info)
+        rows.append(row)
+    lira_result = None
+    if shadows:
+        lira_result = _lira(rows, settings, sets.data, train.X[~forget_rows], sets.labels[~forget_rows], sets.X,
+                            sets.y, shadows=shadows, info=info)
+    summarise(rows, rows[1])
+    for row in rows:
+        row["speedup"] = retrain_s / row["seconds"] if row["method"] not in ("original", "retrained") else None
+        row.pop("_probas", None)
+    return {"data": dataset.spec, "forget": forget, "n_train": int(len(train)),
+            "n_forget": int(forget_rows.sum()), "n_test": int(len(dataset.test)), "settings": settings.to_dict(),
+            "retrain_seconds": retrain_s, "rows": rows, "sisa_exactness": exactness, "lira": lira_result}
 
-    from sisa.research.baselines import METHODS, ForgetTask, run_method
-    from sisa.training.slices import deterministic_torch
+
+def _check_request(dataset: Dataset, methods: Sequence[str], method_params: dict[str, dict]) -> None:
+    """Refuse unknown methods and missing test rows before any training."""
+    from sisa.research.baselines import METHODS
 
     for name in methods:
-        METHODS.get(name)  # unknown names fail before any training
-    method_params = method_params or {}
+        METHODS.get(name)
     for name in method_params:
         if name not in methods:
             raise SisaError(f"settings given for method {name!r}, which is not being run")
     if dataset.test is None or not len(dataset.test):
         raise SisaError("compare needs test rows (the attacks use them as non-members)")
+
+
+def _sets(dataset: Dataset, settings: Settings, forget: str) -> _Sets:
     order = _canonical(dataset, settings)
     train = dataset.train.take(order)
     labels = dataset.label_index(train.y, "training data")
-    forget_spec = forget
-    forget = forget_mask(dataset, forget_spec, seed=settings.seed)[order]
+    mask = forget_mask(dataset, forget, seed=settings.seed)[order]
     test = dataset.test
-    test_labels = dataset.label_index(test.y, "test data")
     data = DataSpec(tuple(dataset.shape), str(train.X.dtype), float(dataset.scale), len(dataset.classes))
-    sets = {"retain": train.X[~forget], "forget": train.X[forget], "test": test.X.astype(train.X.dtype)}
-    set_labels = {"retain": labels[~forget], "forget": labels[forget], "test": test_labels}
-    info(f"{dataset.spec}: {len(train)} training rows, forgetting {int(forget.sum())} ({forget_spec}); "
-         f"{len(test)} test rows; model {settings.model}, {settings.epochs} epochs")
+    return _Sets(train=train, labels=labels, forget=mask, data=data,
+                 X={"retain": train.X[~mask], "forget": train.X[mask], "test": test.X.astype(train.X.dtype)},
+                 y={"retain": labels[~mask], "forget": labels[mask],
+                    "test": dataset.label_index(test.y, "test data")})
+
+
+def _train_and_unlearn(sets: _Sets, settings: Settings, methods: Sequence[str], method_params: dict[str, dict],
+                       info: Info) -> list[dict[str, Any]]:
+    """The original and retrained models' rows, then one row per approximate method."""
+    import torch
+    import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of the timings
+
+    from sisa.research.baselines import ForgetTask, run_method
+    from sisa.training.numerics import deterministic_torch
+
+    data, forget, labels = sets.data, sets.forget, sets.labels
 
     def evaluate(name: str, model) -> dict[str, Any]:
-        probas = {k: _probas(model, X, settings, data) for k, X in sets.items()}
-        return {"method": name, **scores(probas, set_labels, seed=settings.seed), "_probas": probas}
+        probas = {k: _probas(model, X, settings, data) for k, X in sets.X.items()}
+        return {"method": name, **scores(probas, sets.y, seed=settings.seed), "_probas": probas}
 
-    rows: list[dict[str, Any]] = []
     with deterministic_torch(settings):
-        model, original_s, log = train_model(settings, data, train.X, labels,
+        model, original_s, log = train_model(settings, data, sets.train.X, labels,
                                              amnesiac_rows=forget if "amnesiac" in methods else None)
         info(f"original: trained on all rows in {original_s:.1f} s")
-        retrained, retrain_s, _ = train_model(settings, data, train.X[~forget], labels[~forget])
+        retrained, retrain_s, _ = train_model(settings, data, sets.train.X[~forget], labels[~forget])
         info(f"retrained: trained on the retain rows in {retrain_s:.1f} s (the gold standard)")
-        rows.append({**evaluate("original", model), "seconds": original_s})
-        rows.append({**evaluate("retrained", retrained), "seconds": retrain_s})
-        device = settings.device
-        tensors = {k: torch.from_numpy(np.array(v, copy=True)).to(device) for k, v in sets.items()}
-        label_t = {k: torch.from_numpy(v).to(device) for k, v in set_labels.items()}
+        rows = [{**evaluate("original", model), "seconds": original_s},
+                {**evaluate("retrained", retrained), "seconds": retrain_s}]
+        X = {k: torch.from_numpy(np.array(v, copy=True)).to(settings.device) for k, v in sets.X.items()}
+        y = {k: torch.from_numpy(v).to(settings.device) for k, v in sets.y.items()}
         for name in methods:
-            task = ForgetTask(copy.deepcopy(model), tensors["retain"], label_t["retain"], tensors["forget"],
-                              label_t["forget"], data, settings, amnesiac_log=log)
+            task = ForgetTask(copy.deepcopy(model), X["retain"], y["retain"], X["forget"], y["forget"], data,
+                              settings, amnesiac_log=log)
             done = run_method(name, task, **method_params.get(name, {}))
             rows.append({**evaluate(name, task.model), "seconds": done["seconds"], "params": done["params"]})
             info(f"{name}: {done['seconds']:.1f} s, FA {rows[-1]['FA']:.3f}, TA {rows[-1]['TA']:.3f}")
-    exactness = None
-    if sisa:
-        row, exactness = _sisa_row(dataset, settings, forget_ids=train.ids[forget], sets=sets,
-                                   set_labels=set_labels, workdir=workdir, info=info)
-        rows.append(row)
-    lira_result = None
-    if shadows:
-        lira_result = _lira(rows, settings, data, train.X[~forget], labels[~forget], sets, set_labels,
-                            shadows=shadows, info=info)
-    summarise(rows, rows[1])
-    for row in rows:
-        row["speedup"] = retrain_s / row["seconds"] if row["method"] not in ("original", "retrained") else None
-        row.pop("_probas", None)
-    return {"data": dataset.spec, "forget": forget_spec, "n_train": int(len(train)),
-            "n_forget": int(forget.sum()), "n_test": int(len(test)), "settings": settings.to_dict(),
-            "retrain_seconds": retrain_s, "rows": rows, "sisa_exactness": exactness, "lira": lira_result}
+    return rows
 
 
 def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, sets, set_labels,
               workdir: Optional[str], info: Info) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train SISA on every row, delete the forget rows (timed), then train SISA without them
     and check the two ensembles are the same, checkpoint for checkpoint."""
-    from sisa.ids import key_text
     from sisa.ops.delete import delete
     from sisa.ops.ensemble import Ensemble
     from sisa.ops.train import train_workspace
@@ -233,19 +261,7 @@ def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, s
                "_probas": probas, "train_seconds": trained["seconds"],
                "retrained_shards": retrained}
 
-        gone = {key_text(i) for i in forget_ids}
-        keep = np.array([key_text(i) not in gone for i in dataset.train.ids], dtype=bool)
-        train_workspace(without.root, dataclasses.replace(dataset, train=dataset.train.take(keep)), settings,
-                        executor=executor)
-        reference = {k: Ensemble(without).predict_proba(X) for k, X in sets.items()}
-        key = ("shard", "slice", "sha256", "ids_sha256")
-        after = [tuple(r[k] for k in key) for r in full.read_checkpoints_manifest()["checkpoints"]]
-        expected = [tuple(r[k] for k in key) for r in without.read_checkpoints_manifest()["checkpoints"]]
-        exactness = {
-            "identical_checkpoints": after == expected,
-            "checkpoints": len(expected),
-            "max_proba_difference": float(max(np.abs(probas[k] - reference[k]).max() for k in sets)),
-        }
+        exactness, reference = _exactness(dataset, settings, forget_ids, full, without, probas, sets, executor)
         row["gap_to_sisa_retrained"] = average_gap(row, scores(reference, set_labels, seed=settings.seed))
         info(f"sisa trained without the forget rows: checkpoints "
              f"{'identical' if exactness['identical_checkpoints'] else 'DIFFERENT'}, largest probability "
@@ -253,6 +269,31 @@ def _sisa_row(dataset: Dataset, settings: Settings, *, forget_ids: np.ndarray, s
         return row, exactness
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _exactness(dataset: Dataset, settings: Settings, forget_ids: np.ndarray, full, without, probas, sets,
+               executor) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train SISA without the forget rows into ``without`` and compare it with ``full`` (trained,
+    then deleted): checkpoint for checkpoint, and by the largest probability difference."""
+    from sisa.ids import key_text
+    from sisa.ops.ensemble import Ensemble
+    from sisa.ops.train import train_workspace
+
+    gone = {key_text(i) for i in forget_ids}
+    keep = np.array([key_text(i) not in gone for i in dataset.train.ids], dtype=bool)
+    train_workspace(without.root, dataclasses.replace(dataset, train=dataset.train.take(keep)), settings,
+                    executor=executor)
+    reference = {k: Ensemble(without).predict_proba(X) for k, X in sets.items()}
+
+    def key(r):
+        return r.shard, r.slice, r.sha256, r.ids_sha256
+
+    expected = [key(r) for r in without.checkpoints().checkpoints]
+    return {
+        "identical_checkpoints": [key(r) for r in full.checkpoints().checkpoints] == expected,
+        "checkpoints": len(expected),
+        "max_proba_difference": float(max(np.abs(probas[k] - reference[k]).max() for k in sets)),
+    }, reference
 
 
 def _lira(rows: list[dict[str, Any]], settings: Settings, data: DataSpec, retain_X: np.ndarray,

@@ -192,12 +192,12 @@ def verify_result(workspace, result: ShardResult) -> None:
     from sisa.workspace.files import sha256_file
 
     for record in result.checkpoints:
-        path = workspace.checkpoints_dir / record["file"]
+        path = workspace.checkpoints_dir / record.file
         size = path.stat().st_size if path.is_file() else None
-        if size is None or size != record.get("bytes", size) or sha256_file(path) != record["sha256"]:
+        if size is None or size != (record.bytes if record.bytes is not None else size) or sha256_file(path) != record.sha256:
             where = "this machine" if result.host == platform.node() else f"host {result.host!r}"
             raise SisaError(
-                f"shard {record['shard']} slice {record['slice']}: the checkpoint the task reported "
-                f"({record['file']}, written on {where}) is {'missing' if size is None else 'different'} "
+                f"shard {record.shard} slice {record.slice}: the checkpoint the task reported "
+                f"({record.file}, written on {where}) is {'missing' if size is None else 'different'} "
                 f"at {path}; nothing was committed. Every Ray node must see the workspace folder at "
                 f"the same path (shared storage)")

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from sisa.settings import Settings
+from sisa.workspace.manifest import CheckpointRecord, DataInfo
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[CheckpointRecord], None]
 
 
 class StepObserver(Protocol):
@@ -33,6 +34,10 @@ class DataSpec:
     scale: float
     n_classes: int
 
+    @classmethod
+    def from_info(cls, info: DataInfo) -> "DataSpec":
+        return cls(tuple(info.shape), info.dtype, info.scale, len(info.classes))
+
 
 @dataclass(frozen=True)
 class ShardJob:
@@ -48,7 +53,7 @@ class ShardJob:
     shard_file: str
     shard_sha256: str
     from_slice: int = 0
-    start: Optional[dict[str, Any]] = None
+    start: Optional[CheckpointRecord] = None
     slice_rows: tuple[int, ...] = ()
     evaluate: Optional[tuple[str, str]] = None
     """(file, sha256) of the test rows: the job then also returns its final model's class
@@ -64,7 +69,7 @@ class ShardJob:
 @dataclass
 class ShardResult:
     shard: int
-    checkpoints: list[dict[str, Any]]
+    checkpoints: list[CheckpointRecord]
     environment: dict[str, Any]
     seconds: float = 0.0
     test_probas: Optional[np.ndarray] = None

@@ -13,11 +13,8 @@ previous slice's saved state, so an uninterrupted run and a resumed one run the 
 
 from __future__ import annotations
 
-import os
-import platform
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -33,7 +30,9 @@ from sisa.training.jobs import (
     StepObserver,
     derive_seed,
 )
+from sisa.training.numerics import deterministic_torch, numerics_environment
 from sisa.workspace.files import Workspace
+from sisa.workspace.manifest import CheckpointRecord
 
 """Called after each slice with the new checkpoint record (shard, slice, samples, seconds...)."""
 
@@ -48,61 +47,10 @@ from sisa.workspace.files import Workspace
 
 
 
-def numerics_environment(settings: Settings) -> dict[str, Any]:
-    """What changes the bits of trained weights besides data and settings."""
-    import torch
-
-    env = {
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": settings.threads,
-        "device": settings.device,
-        "machine": platform.machine(),
-    }
-    if settings.device == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
-@contextmanager
-def deterministic_torch(settings: Settings) -> Iterator[None]:
-    """Fixed threads and deterministic kernels for the duration of a job, then restored."""
-    import torch
-
-    if settings.device == "cuda":
-        if not torch.cuda.is_available():
-            raise SisaError("--device cuda was asked for, but torch sees no CUDA device")
-        # cuBLAS is deterministic only with a fixed workspace; it must be set before first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    threads = torch.get_num_threads()
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    torch.set_num_threads(settings.threads)
-    _set_deterministic(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        _set_deterministic(was_deterministic)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
-def _set_deterministic(mode: bool) -> None:
-    import sys
-
-    import torch
-
-    # torch.use_deterministic_algorithms also sets the inductor compiler's flag, and importing
-    # inductor costs seconds of start-up; sisa never compiles, so set the ATen flag alone
-    # unless inductor is already loaded.
-    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
-        torch.use_deterministic_algorithms(mode)
-    else:
-        torch._C._set_deterministic_algorithms(mode, warn_only=False)
 
 
 def make_training_state(settings: Settings, data: DataSpec, shard: int):
@@ -187,7 +135,7 @@ def resume_training(settings: Settings, data: DataSpec, shard: int, state: Optio
 
 
 def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, training, counters: dict[str, int],
-               *, epochs: int, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+               *, epochs: int, steps: int) -> tuple[dict[str, Any], CheckpointRecord]:
     """Write the checkpoint of ``shard`` after ``slice_``, trained ``epochs`` epochs (``steps``
     steps) on the rows ``ids``; returns the state as read back (what the next slice resumes
     from: the bytes written, serialised once) and the checkpoint record (without seconds)."""
@@ -205,9 +153,9 @@ def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, t
     name = workspace.checkpoint_name(shard, slice_, ids_sha256)
     sha256 = workspace.write_checkpoint(name, state)
     size = (workspace.checkpoints_dir / name).stat().st_size
-    state = workspace.load_checkpoint({"file": name, "sha256": sha256, "shard": shard, "slice": slice_})
-    return state, {"shard": shard, "slice": slice_, "file": name, "sha256": sha256, "ids_sha256": ids_sha256,
-                   "bytes": size, "samples": n, "epochs": epochs}
+    record = CheckpointRecord(shard=shard, slice=slice_, file=name, sha256=sha256, ids_sha256=ids_sha256,
+                              samples=n, epochs=epochs, bytes=size)
+    return workspace.load_checkpoint(record), record
 
 
 def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardResult:
@@ -244,7 +192,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
                 raise SisaError(f"training shard {job.shard} slice {slice_} failed: {exc}") from exc
             state, record = save_slice(workspace, job.shard, slice_, rows.ids[:n], (model, optimizer, scheduler),
                                        counters, epochs=epochs, steps=steps)
-            record["seconds"] = round(time.perf_counter() - slice_started, 4)
+            record = record.timed(time.perf_counter() - slice_started)
             records.append(record)
             if progress is not None:
                 progress(record)

@@ -5,7 +5,7 @@ Layout (see shards/README.md and checkpoints/README.md):
     shards/manifest.json        settings, data description, shard files with their sha256
     shards/shard-NNN-<sha>.parquet  the training rows of shard NNN (id, shard, slice, label,
                                 features); <sha> starts the file's sha256
-    shards/test.parquet         the evaluation rows
+    shards/test-<sha>.parquet   the evaluation rows
     checkpoints/manifest.json   every checkpoint with its sha256, id-set hash and timings, and the
                                 numerics environment it was trained under
     checkpoints/shard-NNN/slice-RR-<idset>.pt
@@ -38,11 +38,13 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.workspace.manifest import (
+    CheckpointRecord,
+    CheckpointsManifest,
+    DataFile,
+    WorkspaceManifest,
+)
 from sisa.workspace.rows import ARROW_THREADS, ShardRows, parquet_to_rows
-
-WORKSPACE_FORMAT = "sisa-workspace/1"
-CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
-
 
 FILE_MODE_ENV = "SISA_FILE_MODE"
 """``private`` (default): files 0600, folders 0700. ``umask``: 0666 and 0777 less the umask."""
@@ -418,20 +420,22 @@ class Workspace:
         self.check_safe()
         return self.manifest_path.exists()
 
-    def read_manifest(self) -> dict[str, Any]:
+    def manifest(self) -> WorkspaceManifest:
+        """The shards manifest, checked against its checksum and format."""
         if not self.exists():
             raise SisaError(f"no sisa workspace in {self.root} (no {self.manifest_path}); "
                             f"run 'sisa train' first or pass --workdir")
-        manifest = self._read_json(self.manifest_path)
-        if manifest.get("format") != WORKSPACE_FORMAT:
-            raise SisaError(f"{self.manifest_path} is not a {WORKSPACE_FORMAT} manifest")
-        return manifest
+        return WorkspaceManifest.from_json(self._read_json(self.manifest_path), str(self.manifest_path))
 
-    def read_checkpoints_manifest(self) -> dict[str, Any]:
-        manifest = self._read_json(self.checkpoints_manifest_path)
-        if manifest.get("format") != CHECKPOINTS_FORMAT:
-            raise SisaError(f"{self.checkpoints_manifest_path} is not a {CHECKPOINTS_FORMAT} manifest")
-        return manifest
+    def checkpoints(self) -> CheckpointsManifest:
+        """The checkpoints manifest, checked against its checksum and format."""
+        path = self.checkpoints_manifest_path
+        return CheckpointsManifest.from_json(self._read_json(path), str(path))
+
+    def save(self, manifest: WorkspaceManifest | CheckpointsManifest) -> None:
+        """Write a manifest atomically to its place, sealed with a checksum."""
+        path = self.manifest_path if isinstance(manifest, WorkspaceManifest) else self.checkpoints_manifest_path
+        self.write_json(path, manifest.to_json())
 
     def write_json(self, path: Path, obj: dict[str, Any]) -> None:
         """Write a manifest atomically, sealed with a checksum of its contents."""
@@ -510,17 +514,17 @@ class Workspace:
         self._write(("checkpoints", *name.split("/")), data)
         return sha256_bytes(data)
 
-    def load_checkpoint(self, record: dict[str, Any], map_location: str = "cpu") -> dict[str, Any]:
+    def load_checkpoint(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]:
         """Load a checkpoint after checking its sha256; never unpickles arbitrary objects."""
         import torch
 
-        path = self.checkpoints_dir / record["file"]
+        path = self.checkpoints_dir / record.file
         try:
-            data = self._read(("checkpoints", *record["file"].split("/")))
+            data = self._read(("checkpoints", *record.file.split("/")))
         except OSError as exc:
             raise SisaError(f"cannot read checkpoint {path}: {exc}") from None
-        if sha256_bytes(data) != record["sha256"]:
-            raise SisaError(f"checkpoint {path} (shard {record['shard']}, slice {record['slice']}) "
+        if sha256_bytes(data) != record.sha256:
+            raise SisaError(f"checkpoint {path} (shard {record.shard}, slice {record.slice}) "
                             f"does not match its recorded sha256: it was changed or damaged")
         try:
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
@@ -533,18 +537,17 @@ class Workspace:
             raise SisaError(f"refusing to load checkpoint {path}: {reason}. Never unpickle it; restore it "
                             f"with 'sisa repair'") from None
 
-    def verify_checkpoint(self, record: dict[str, Any]) -> bool:
-        return self._sha256(("checkpoints", *record["file"].split("/"))) == record["sha256"]
+    def verify_checkpoint(self, record: CheckpointRecord) -> bool:
+        return self._sha256(("checkpoints", *record.file.split("/"))) == record.sha256
 
 
-def file_ids(workspace: Workspace, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def file_ids(workspace: Workspace, entry: DataFile) -> tuple[np.ndarray, np.ndarray]:
     """Ids and slices of a data file, read without the features."""
     import pyarrow.parquet as pq
 
-    from sisa.workspace.files import sha256_file
 
-    path = workspace.shards_dir / entry["file"]
-    if sha256_file(path) != entry["sha256"]:
+    path = workspace.shards_dir / entry.file
+    if sha256_file(path) != entry.sha256:
         raise SisaError(f"shard file {path} does not match its recorded sha256: it was changed or damaged")
     parquet = pq.ParquetFile(path)
     table = parquet.read(columns=[c for c in ("id", "slice") if c in parquet.schema_arrow.names],

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from sisa.errors import SisaError
 
@@ -109,28 +109,28 @@ class Ledger:
 
     def open_requests(self) -> list[int]:
         """Requests not yet committed, oldest first."""
-        return [r for (r,) in self._db.execute(
-            "SELECT request FROM requests WHERE state != 'committed' ORDER BY request")]
+        return _open(self._db)
 
-    def deleted(self, *, pending_only: bool = False) -> dict[str, tuple[int, int]]:
-        """Canonical id -> (shard, slice) of every deleted id (or only those not yet committed)."""
-        query = "SELECT d.id, d.shard, d.slice FROM deleted d"
-        if pending_only:
-            query += " JOIN requests r ON r.request = d.request WHERE r.state != 'committed'"
-        return {key: (shard, slice_) for key, shard, slice_ in self._db.execute(query)}
+    def deleted(self, *, pending_only: bool = False) -> dict[str, Deleted]:
+        """Canonical id -> where it was, of every deleted id (or only those not yet committed)."""
+        return _deleted(self._db, _PENDING if pending_only else "")
 
     def counts(self) -> dict[str, int]:
-        out = {state: 0 for state in STATES}
-        for state, n in self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state"):
-            out[state] = n
-        out["deleted_ids"] = self._db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]
-        return out
+        return _counts(self._db)
 
     def __enter__(self) -> "Ledger":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Deleted(NamedTuple):
+    """Where a deleted id was when it was deleted: its shard and slice, ``TEST_SHARD`` (-1)
+    for an id found only in the test rows, or :data:`CARRIED_SHARD` (-2)."""
+
+    shard: int
+    slice: int
 
 
 CARRIED_SHARD = -2
@@ -143,30 +143,34 @@ def ledger_files(path: Path) -> list[Path]:
     return [p for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
 
 
-def read_ledger(path: Path) -> tuple[dict[str, tuple[int, int]], list[int]]:
+def read_ledger(path: Path) -> tuple[dict[str, Deleted], list[int]]:
     """(deleted ids, open requests) of the ledger at ``path``; nothing when there is none."""
     return _read_only(path, lambda db: (_deleted(db, ""), _open(db)), ({}, []))
 
 
-def read_pending(path: Path) -> dict[str, tuple[int, int]]:
+def read_pending(path: Path) -> dict[str, Deleted]:
     """Deleted ids of requests not yet committed (read-only)."""
-    return _read_only(path, lambda db: _deleted(db, " JOIN requests r ON r.request = d.request "
-                                                    "WHERE r.state != 'committed'"), {})
+    return _read_only(path, lambda db: _deleted(db, _PENDING), {})
 
 
 def read_counts(path: Path) -> dict[str, int]:
     """Requests per state and deleted ids (read-only)."""
-    def counts(db):
-        out = {state: 0 for state in STATES}
-        out.update(dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()))
-        out["deleted_ids"] = db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]
-        return out
-    return _read_only(path, counts, dict({state: 0 for state in STATES}, deleted_ids=0))
+    return _read_only(path, _counts, dict({state: 0 for state in STATES}, deleted_ids=0))
 
 
-def _deleted(db: sqlite3.Connection, where: str) -> dict[str, tuple[int, int]]:
-    return {key: (shard, slice_) for key, shard, slice_ in db.execute(
+_PENDING = " JOIN requests r ON r.request = d.request WHERE r.state != 'committed'"
+
+
+def _deleted(db: sqlite3.Connection, where: str) -> dict[str, Deleted]:
+    return {key: Deleted(shard, slice_) for key, shard, slice_ in db.execute(
         "SELECT d.id, d.shard, d.slice FROM deleted d" + where)}
+
+
+def _counts(db: sqlite3.Connection) -> dict[str, int]:
+    out = {state: 0 for state in STATES}
+    out.update(dict(db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall()))
+    out["deleted_ids"] = db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]
+    return out
 
 
 def _open(db: sqlite3.Connection) -> list[int]:

@@ -11,13 +11,15 @@ That is safe because whoever takes the lock checks, once it holds it, that the p
 names the file it locked, and locks the new one otherwise. Locks are re-entrant within a process (a delete that finishes a pending
 request holds the one lock it took).
 
-A wait for the lock ends after :data:`LOCK_TIMEOUT` seconds (or ``$SISA_LOCK_TIMEOUT``, or the
-``timeout`` argument) with an error naming the process that holds it.
+A wait for the lock ends after the ``timeout`` argument's seconds (by default
+``$SISA_LOCK_TIMEOUT``, else :data:`LOCK_TIMEOUT`) with an error naming the process that holds
+it; ``wait=False`` fails at once instead. Both are arguments of each call, never process-wide
+state: the command line passes its ``--no-wait`` and its environment's timeout where it takes
+the lock, and the library's own (re-entrant) locks inside take no second wait.
 """
 
 from __future__ import annotations
 
-import contextvars
 import errno
 import fcntl
 import os
@@ -34,9 +36,7 @@ from sisa.errors import SisaError
 LOCK_NAME = ".sisa.lock"
 LOCK_TIMEOUT = 600.0
 """Seconds a command waits for another sisa process before it gives up (``$SISA_LOCK_TIMEOUT``)."""
-
-WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("sisa_lock_wait", default=True)
-"""False: fail at once instead of waiting when another process holds the workspace."""
+TIMEOUT_ENV = "SISA_LOCK_TIMEOUT"
 
 _held: dict[str, list] = {}   # folder -> [exclusive, depth]
 _guard = threading.Lock()
@@ -48,8 +48,13 @@ def lock_path(root: os.PathLike | str) -> Path:
 
 
 def lock_timeout() -> float:
-    """Seconds to wait for the lock: ``$SISA_LOCK_TIMEOUT`` if set, else :data:`LOCK_TIMEOUT`."""
-    text = os.environ.get("SISA_LOCK_TIMEOUT", "").strip()
+    """Seconds to wait for the lock by default: ``$SISA_LOCK_TIMEOUT`` if set, else :data:`LOCK_TIMEOUT`."""
+    return parse_timeout(os.environ.get(TIMEOUT_ENV))
+
+
+def parse_timeout(text: Optional[str]) -> float:
+    """Seconds from the text of a ``SISA_LOCK_TIMEOUT`` setting; :data:`LOCK_TIMEOUT` when unset or blank."""
+    text = (text or "").strip()
     if not text:
         return LOCK_TIMEOUT
     try:
@@ -57,18 +62,19 @@ def lock_timeout() -> float:
     except ValueError:
         seconds = float("nan")
     if not seconds >= 0:  # also refuses nan
-        raise SisaError(f"SISA_LOCK_TIMEOUT must be a number of seconds >= 0, not {text!r}")
+        raise SisaError(f"{TIMEOUT_ENV} must be a number of seconds >= 0, not {text!r}")
     return seconds
 
 
 @contextmanager
-def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
+def workspace_lock(root: os.PathLike | str, *, exclusive: bool, wait: bool = True,
                    timeout: Optional[float] = None) -> Iterator[None]:
     """Hold the lock of the workspace folder ``root`` (exclusive for writers).
 
     A writer creates the folder; a reader of a folder that does not exist holds nothing (it
     will find no workspace there). ``timeout``: seconds to wait for another process's lock
-    (default :func:`lock_timeout`); ``WAIT`` False (--no-wait) waits none.
+    (default :func:`lock_timeout`); ``wait`` False (--no-wait) waits none. A lock this process
+    already holds is re-entered at once, whatever ``wait`` and ``timeout`` say.
     """
     root = Path(root)
     if exclusive:
@@ -79,36 +85,17 @@ def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
         yield
         return
     key = str(root.resolve())
-    with _guard:
-        entry = _held.get(key)
-        if entry is not None:
-            if exclusive and not entry[0]:
-                raise RuntimeError("a shared workspace lock cannot be upgraded; take the exclusive one first")
-            entry[1] += 1
-    if entry is not None:
+    if _reenter(key, exclusive):
         try:
             yield
         finally:
             with _guard:
                 _held[key][1] -= 1
         return
-    if timeout is None:
-        timeout = lock_timeout()
-    deadline = time.monotonic() + timeout
-    folder = Path(key)
-    while True:
-        fd = _open(folder, exclusive)
-        if fd is None:  # a reader of a read-only folder: see _open
-            yield
-            return
-        try:
-            _acquire(fd, exclusive, root, deadline, timeout)
-        except BaseException:
-            os.close(fd)
-            raise
-        if _still_there(fd, lock_path(folder)):
-            break
-        os.close(fd)  # removed (or replaced) while this process waited: lock the file there now
+    fd = _lock_file(Path(key), root, exclusive, wait, lock_timeout() if timeout is None else timeout)
+    if fd is None:  # a reader of a read-only folder: see _open
+        yield
+        return
     try:
         with _guard:
             _held[key] = [exclusive, 1]
@@ -117,10 +104,39 @@ def workspace_lock(root: os.PathLike | str, *, exclusive: bool,
         finally:
             with _guard:
                 del _held[key]
-            _remove_if_alone(fd, folder)
+            _remove_if_alone(fd, Path(key))
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _reenter(key: str, exclusive: bool) -> bool:
+    """Count one more hold of a lock this process holds already; False if it holds none."""
+    with _guard:
+        entry = _held.get(key)
+        if entry is None:
+            return False
+        if exclusive and not entry[0]:
+            raise RuntimeError("a shared workspace lock cannot be upgraded; take the exclusive one first")
+        entry[1] += 1
+        return True
+
+
+def _lock_file(folder: Path, root: Path, exclusive: bool, wait: bool, timeout: float) -> Optional[int]:
+    """Open and flock the lock file of ``folder``; returns its descriptor (None: see _open)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = _open(folder, exclusive)
+        if fd is None:
+            return None
+        try:
+            _acquire(fd, exclusive, root, wait, deadline, timeout)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_there(fd, lock_path(folder)):
+            return fd
+        os.close(fd)  # removed (or replaced) while this process waited: lock the file there now
 
 
 def _still_there(fd: int, path: Path) -> bool:
@@ -197,14 +213,14 @@ def _check(fd: int, path: Path, folder: Path) -> None:
         os.fchmod(fd, 0o600)
 
 
-def _acquire(fd: int, exclusive: bool, root: Path, deadline: float, timeout: float) -> None:
+def _acquire(fd: int, exclusive: bool, root: Path, wait: bool, deadline: float, timeout: float) -> None:
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return
     except BlockingIOError:
         pass
-    if not WAIT.get():
+    if not wait:
         raise SisaError(f"the workspace {root} is in use by another sisa process{_holder(fd)}; try again "
                         f"later, or drop --no-wait to wait for it")
     print(f"sisa: waiting for another sisa process{_holder(fd)} to finish with {root} "

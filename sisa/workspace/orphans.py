@@ -36,11 +36,8 @@ def remove_orphans(workspace: Workspace) -> None:
 def orphan_files(workspace: Workspace) -> list[Path]:
     """Files sisa wrote that no manifest names (left by a crash). Only names sisa gives its own
     files count (a sha256 or id-set hash in the name): a user's file is never one of them."""
-    manifest = workspace.read_manifest()
-    named = {e["file"] for e in manifest["shards"]}
-    if manifest.get("test"):
-        named.add(manifest["test"]["file"])
-    live = {r["file"] for r in workspace.read_checkpoints_manifest()["checkpoints"]}
+    named = {e.file for e in workspace.manifest().files()}
+    live = {r.file for r in workspace.checkpoints().checkpoints}
     orphans = [p for p in _files(workspace.shards_dir)
                if (_DATA_NAME.fullmatch(p.name) and p.name not in named) or _TEMP_NAME.fullmatch(p.name)]
     if workspace.checkpoints_dir.is_dir() and not workspace.checkpoints_dir.is_symlink():

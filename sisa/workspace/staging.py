@@ -74,14 +74,12 @@ def recorded_files(workspace: Workspace) -> list[str]:
     files = [str(p.relative_to(workspace.root)) for p in ledger_files(workspace.ledger_path)]
     files += ["checkpoints/manifest.json", "shards/manifest.json"]
     try:
-        manifest = workspace.read_manifest()
+        manifest = workspace.manifest()
     except SisaError:
         return files
-    files += [f"shards/{e['file']}" for e in manifest["shards"]]
-    if manifest.get("test"):
-        files.append(f"shards/{manifest['test']['file']}")
+    files += [f"shards/{e.file}" for e in manifest.files()]
     try:
-        files += [f"checkpoints/{r['file']}" for r in workspace.read_checkpoints_manifest()["checkpoints"]]
+        files += [f"checkpoints/{r.file}" for r in workspace.checkpoints().checkpoints]
     except SisaError:
         pass
     return files

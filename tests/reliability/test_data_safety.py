@@ -115,14 +115,14 @@ def test_predict_output_inside_the_workspace_is_refused(small_trained, tmp_path,
 def test_an_id_in_training_and_test_rows_is_purged_from_both(small_trained, tmp_path):
     ws = copy_workspace(small_trained, tmp_path)
     workspace = Workspace(ws)
-    manifest = workspace.read_manifest()
+    manifest = workspace.manifest()
     shared = training_ids(ws)[0]
     test = pq.read_table(holdout_file(ws))
     ids = np.asarray(test.column("id").to_pylist()[:-1] + [shared], dtype=np.int64)
     X = np.asarray(test.column("features").to_pylist(), dtype=np.float32)
     name, sha = workspace.write_versioned("test", rows_to_parquet(ids, None, None,
                                                                   np.asarray(test.column("label")), X))
-    old = manifest["test"]["file"]
+    old = manifest.test.file
     edit_manifest(workspace.manifest_path, lambda m: m["test"].update(file=name, sha256=sha))
     (ws / "shards" / old).unlink()
     result = run_cli("delete", "--workdir", ws, "--ids", shared, "--json")
@@ -136,7 +136,7 @@ def test_an_id_in_training_and_test_rows_is_purged_from_both(small_trained, tmp_
 
 def test_repair_refuses_a_source_with_other_rows(small_trained, tmp_path, small_source):
     ws = copy_workspace(small_trained, tmp_path)
-    [shard_file] = [ws / "shards" / e["file"] for e in Workspace(ws).read_manifest()["shards"][:1]]
+    [shard_file] = [ws / "shards" / e.file for e in Workspace(ws).manifest().shards[:1]]
     shard_file.write_bytes(b"damaged")
     grown = pa.concat_tables([pq.read_table(small_source), make_table(n=40, features=5, seed=3).set_column(
         0, "id", pa.array(list(range(5000, 5040))))])

@@ -144,7 +144,7 @@ def test_the_client_refuses_a_server_of_another_user(other_user, shared_folder, 
 
 
 def test_a_shared_flock_on_the_folder_blocks_no_writer(other_user, shared_folder):
-    from sisa.workspace.lock import WAIT, workspace_lock
+    from sisa.workspace.lock import workspace_lock
 
     os.chmod(shared_folder, 0o755)  # readable by every user, writable by its owner only
 
@@ -156,12 +156,10 @@ def test_a_shared_flock_on_the_folder_blocks_no_writer(other_user, shared_folder
 
     holder = Child(hold)
     assert holder.readline() == "held"
-    token = WAIT.set(False)  # --no-wait: fail at once rather than wait forever
-    try:
-        with workspace_lock(shared_folder, exclusive=True):
+    try:  # wait=False (--no-wait): fail at once rather than wait forever
+        with workspace_lock(shared_folder, exclusive=True, wait=False):
             pass
     finally:
-        WAIT.reset(token)
         holder.finish()
 
 

@@ -1,0 +1,35 @@
+"""``sisa recover``: finish deletions a crash interrupted (every command does this first)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sisa.cli._common import (
+    add_common,
+    add_executor_args,
+    emit,
+    executor_from,
+    finish_pending,
+)
+from sisa.cli.base import Environment, Subcommand
+
+
+class Recover(Subcommand):
+    name = "recover"
+    help = "finish deletions interrupted by a crash"
+    description = ("Finish every deletion request that was recorded but not committed (every command "
+                   "does this first).")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        add_executor_args(p)
+        add_common(p)
+
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
+        from sisa.workspace.files import Workspace
+
+        workspace = Workspace(args.workdir)
+        shards = finish_pending(args, env, workspace, executor=executor_from(args, env))
+        workspace.manifest()
+        emit(args, {"retrained_shards": shards},
+             f"retrained shard(s) {', '.join(map(str, shards))}" if shards else "nothing to recover")
+        return 0

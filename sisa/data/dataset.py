@@ -1,0 +1,104 @@
+"""What every data source produces: rows with stable ids (:class:`Table`), a loaded source
+(:class:`Dataset`), and the checks on features and labels that sources share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from sisa.errors import SisaError
+
+DEFAULT_TEST_FRACTION = 0.2
+
+
+@dataclass
+class Table:
+    """Rows: ``ids`` (int64 or str objects), ``X`` (rows, *shape), ``y`` raw labels or None."""
+
+    ids: np.ndarray
+    X: np.ndarray
+    y: Optional[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, mask_or_index: np.ndarray) -> "Table":
+        return Table(self.ids[mask_or_index], self.X[mask_or_index],
+                     None if self.y is None else self.y[mask_or_index])
+
+
+@dataclass
+class Dataset:
+    """A loaded source: training rows, optional test rows, and what is needed to read them.
+
+    ``classes`` lists the label values; models predict indices into it. ``scale`` multiplies
+    the stored features at training and prediction time.
+    """
+
+    spec: str
+    train: Table
+    test: Optional[Table]
+    shape: tuple[int, ...]
+    classes: list
+    scale: float = 1.0
+    feature_names: Optional[list[str]] = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id_kind(self) -> str:
+        return "int" if self.train.ids.dtype.kind in "iu" else "str"
+
+    def label_index(self, labels: np.ndarray, what: str) -> np.ndarray:
+        """Map raw labels to class indices; labels outside ``classes`` are an error."""
+        lookup = {value: i for i, value in enumerate(self.classes)}
+        try:
+            return np.fromiter((lookup[plain(v)] for v in labels), dtype=np.int64, count=len(labels))
+        except KeyError as exc:
+            raise SisaError(f"{what} has label {exc.args[0]!r}, which the training data does not have "
+                            f"(classes: {preview(self.classes)})") from None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    id_col: str = "id"
+    label_col: str = "label"
+    test_fraction: float = DEFAULT_TEST_FRACTION
+
+
+def check_features(X: np.ndarray, what: str) -> None:
+    """Features must be finite in float32, the type models train in (3.4e39 is finite as
+    float64 and infinite as float32)."""
+    if X.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = int(np.count_nonzero(~(np.abs(X) <= np.finfo(np.float32).max)))
+        if bad:
+            raise SisaError(f"{what} has {bad} NaN or infinite values, or values beyond float32's range "
+                            f"(about 3.4e38; models train in float32)")
+
+
+def integral_labels(values: np.ndarray, what: str) -> np.ndarray:
+    """Class labels given as numbers: whole numbers within 2^53 (exact in float64), as int64."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise SisaError(f"{what} holds NaN or infinite labels; labels must be classes (integers or text)")
+        if not np.all(values == np.round(values)):
+            raise SisaError(f"{what} holds non-integer numbers (continuous targets?); labels must be "
+                            f"classes (integers or text)")
+        if len(values) and np.abs(values).max() > 2**53:
+            raise SisaError(f"{what} holds labels beyond 2^53 in magnitude ({np.abs(values).max():g}); "
+                            f"labels must be classes (integers or text)")
+    return values.astype(np.int64)
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def preview(values: Sequence[Any], limit: int = 10) -> str:
+    """The first ``limit`` values for a message, and how many there are in all."""
+    shown = ", ".join(repr(plain(v)) for v in list(values)[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

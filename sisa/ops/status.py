@@ -1,0 +1,46 @@
+"""What ``sisa status`` reports: settings, sizes, every file checked against its sha256, deletions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sisa.ops.ensemble import Ensemble
+from sisa.training.numerics import environment_differences
+from sisa.workspace.files import sha256_file
+from sisa.workspace.ledger import read_counts
+
+
+def status(ensemble: Ensemble) -> dict[str, Any]:
+    """Settings, shard and slice sizes, and every checkpoint with whether it still matches."""
+    workspace, manifest, settings = ensemble.workspace, ensemble.manifest, ensemble.settings
+    checkpoints = [_checked(workspace.checkpoints_dir / r.file, r.sha256,
+                            shard=r.shard, slice=r.slice, file=r.file, sha256=r.sha256, samples=r.samples)
+                   for r in ensemble.records]
+    shard_files = [{"shard": e.shard, "file": e.file,
+                    "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256} for e in manifest.shards]
+    counts = read_counts(workspace.ledger_path)
+    data = manifest.data
+    return {
+        "deletions": {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]},
+        "left_out_shards": sorted(ensemble.pending_shards),
+        "environment_differences": environment_differences(ensemble.checkpoints.environment, settings),
+        "workdir": str(workspace.root),
+        "settings": settings.to_dict(),
+        "data": {"spec": data.source_value("spec"), "shape": list(data.shape), "id_kind": data.id_kind,
+                 "n_train": data.n_train, "n_test": data.n_test},
+        "shards": settings.shards,
+        "slices": settings.slices,
+        "n_train": data.n_train,
+        "samples_per_shard": [e.rows for e in manifest.shards],
+        "samples_per_slice": [list(e.slice_rows or ()) for e in manifest.shards],
+        "environment": ensemble.checkpoints.environment,
+        "shard_files": shard_files,
+        "checkpoints": checkpoints,
+        "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files),
+    }
+
+
+def _checked(path, expected: str, **fields: Any) -> dict[str, Any]:
+    actual = sha256_file(path)
+    problem = None if actual == expected else ("missing or unreadable" if actual is None else "sha256 mismatch")
+    return {**fields, "ok": problem is None, "problem": problem}

@@ -1,0 +1,263 @@
+"""The workspace's two manifests, typed: what was trained on what, and where it lies.
+
+``shards/manifest.json`` (:class:`WorkspaceManifest`) holds the settings, the description of the
+data, and one :class:`DataFile` per shard plus one for the test rows. ``checkpoints/manifest.json``
+(:class:`CheckpointsManifest`) holds the numerics environment and one :class:`CheckpointRecord`
+per checkpoint. Both are frozen dataclasses; this module is the only place that turns them into
+JSON and back, checks their format, and knows their field names. The JSON is written sorted and
+sealed with a checksum by :meth:`sisa.workspace.files.Workspace.write_json`.
+
+A workspace records the format and the sisa version that wrote it. This sisa reads format 1; a
+manifest of any other format is refused with a message that names both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from sisa.errors import SisaError
+from sisa.settings import Settings
+
+WORKSPACE_FORMAT = "sisa-workspace/1"
+CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
+
+
+def check_format(found: Any, expected: str, where: str, version: Any = None) -> None:
+    """Refuse a manifest this sisa cannot read, saying which format and sisa wrote it."""
+    if found == expected:
+        return
+    kind = expected.split("/")[0]
+    if isinstance(found, str) and found.startswith(kind + "/"):
+        writer = f" by sisa {version}" if version else ""
+        raise SisaError(f"{where} is in format {found} (written{writer}); this sisa reads {expected}. "
+                        f"Use the sisa version that wrote it, or retrain with 'sisa train --force'")
+    raise SisaError(f"{where} is not a {expected} manifest")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of rows: a shard's (``shard`` and ``slice_rows`` set) or the test rows'."""
+
+    file: str
+    sha256: str
+    rows: int
+    ids_sha256: str
+    shard: Optional[int] = None
+    slice_rows: Optional[tuple[int, ...]] = None
+
+    def slice_ends(self) -> np.ndarray:
+        """Row count up to and including each slice (rows are stored in slice order)."""
+        return np.cumsum(self.slice_rows or ())
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"file": self.file, "sha256": self.sha256, "rows": self.rows}
+        if self.ids_sha256:  # absent in workspaces written before it was recorded
+            out["ids_sha256"] = self.ids_sha256
+        if self.shard is not None:
+            out.update(shard=self.shard, slice_rows=list(self.slice_rows or ()))
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "DataFile":
+        slice_rows = obj.get("slice_rows")
+        return cls(file=obj["file"], sha256=obj["sha256"], rows=int(obj["rows"]),
+                   ids_sha256=obj.get("ids_sha256", ""), shard=obj.get("shard"),
+                   slice_rows=None if slice_rows is None else tuple(int(n) for n in slice_rows))
+
+
+SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col")
+"""Where the rows came from; recorded by the CLI (``repair --data`` reloads from them), absent
+for arrays passed in Python."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The rows' shape, type and classes, their counts, and where they came from."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    classes: tuple
+    id_kind: str
+    n_train: int
+    n_test: int
+    n_train_initial: Optional[int] = None
+    """Rows at training time (absent in early workspaces): with the ledger they show whether
+    rows went missing without a deletion."""
+    n_test_initial: Optional[int] = None
+    feature_names: Optional[tuple[str, ...]] = None
+    n_test_deleted_as_training: int = 0
+    """Test rows removed because a training deletion named their id (train and test ids must
+    differ, so these were requests for a training id that also sat in the test rows)."""
+    source: Optional[dict[str, Any]] = None
+    """The :data:`SOURCE_FIELDS` as recorded, or None."""
+    carried_deletions: Optional[int] = None
+    """Ledger rows carried over from the workspace this one replaced (``train --force``)."""
+
+    def source_value(self, name: str, default: Any = None) -> Any:
+        return (self.source or {}).get(name, default)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale,
+               "classes": list(self.classes), "id_kind": self.id_kind,
+               "feature_names": None if self.feature_names is None else list(self.feature_names),
+               "n_train": self.n_train, "n_test": self.n_test, **(self.source or {})}
+        for name in ("n_train_initial", "n_test_initial"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.n_test_deleted_as_training:
+            out["n_test_deleted_as_training"] = self.n_test_deleted_as_training
+        if self.carried_deletions is not None:
+            out["carried_deletions"] = self.carried_deletions
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "DataInfo":
+        source = {k: obj[k] for k in SOURCE_FIELDS if k in obj} or None
+        names = obj.get("feature_names")
+        return cls(shape=tuple(int(d) for d in obj["shape"]), dtype=obj["dtype"], scale=obj["scale"],
+                   classes=tuple(obj["classes"]), id_kind=obj.get("id_kind", "int"),
+                   n_train=int(obj["n_train"]), n_test=int(obj["n_test"]),
+                   n_train_initial=obj.get("n_train_initial"), n_test_initial=obj.get("n_test_initial"),
+                   feature_names=None if names is None else tuple(names),
+                   n_test_deleted_as_training=int(obj.get("n_test_deleted_as_training", 0)), source=source,
+                   carried_deletions=obj.get("carried_deletions"))
+
+
+@dataclass(frozen=True)
+class WorkspaceManifest:
+    """``shards/manifest.json``: settings, data description, shard files and the test file."""
+
+    settings: Settings
+    data: DataInfo
+    shards: tuple[DataFile, ...]
+    test: Optional[DataFile]
+    created: str
+    sisa_version: Optional[str] = None
+    format: str = WORKSPACE_FORMAT
+
+    def shard(self, shard: int) -> DataFile:
+        """The entry of ``shard`` (entries are indexed by shard number)."""
+        entry = self.shards[shard]
+        if entry.shard != shard:
+            raise SisaError(f"the shards manifest lists shard {entry.shard} where shard {shard} belongs")
+        return entry
+
+    def files(self) -> list[DataFile]:
+        """Every data file: the shards', then the test file."""
+        return list(self.shards) + ([self.test] if self.test else [])
+
+    def with_shard(self, entry: DataFile) -> "WorkspaceManifest":
+        shards = tuple(entry if e.shard == entry.shard else e for e in self.shards)
+        return dataclasses.replace(self, shards=shards)
+
+    def replace(self, **changes: Any) -> "WorkspaceManifest":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": self.format, "created": self.created, "settings": self.settings.to_dict(),
+               "data": self.data.to_json(), "shards": [e.to_json() for e in self.shards],
+               "test": self.test.to_json() if self.test else None}
+        if self.sisa_version is not None:
+            out["sisa_version"] = self.sisa_version
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str = "the shards manifest") -> "WorkspaceManifest":
+        check_format(obj.get("format"), WORKSPACE_FORMAT, where, obj.get("sisa_version"))
+        try:
+            return cls(settings=Settings.from_dict(obj["settings"]), data=DataInfo.from_json(obj["data"]),
+                       shards=tuple(DataFile.from_json(e) for e in obj["shards"]),
+                       test=DataFile.from_json(obj["test"]) if obj.get("test") else None,
+                       created=obj.get("created", ""), sisa_version=obj.get("sisa_version"),
+                       format=obj["format"])
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, SisaError):
+                raise
+            raise SisaError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One checkpoint: the model after ``slice`` of ``shard``, trained on the ids hashed as
+    ``ids_sha256``; ``samples`` rows, ``epochs`` epochs on this slice, ``seconds`` to train."""
+
+    shard: int
+    slice: int
+    file: str
+    sha256: str
+    ids_sha256: str = ""
+    samples: int = 0
+    epochs: int = 0
+    bytes: Optional[int] = None
+    seconds: float = 0.0
+    shared_by: Optional[int] = None
+    """Shards trained together in one vectorised step; ``seconds`` is then the group's time."""
+
+    def timed(self, seconds: float) -> "CheckpointRecord":
+        return dataclasses.replace(self, seconds=round(seconds, 4))
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"shard": self.shard, "slice": self.slice, "file": self.file, "sha256": self.sha256,
+               "ids_sha256": self.ids_sha256, "samples": self.samples, "epochs": self.epochs,
+               "seconds": self.seconds}
+        for name in ("bytes", "shared_by"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "CheckpointRecord":
+        return cls(shard=int(obj["shard"]), slice=int(obj["slice"]), file=obj["file"], sha256=obj["sha256"],
+                   ids_sha256=obj.get("ids_sha256", ""), samples=int(obj.get("samples", 0)),
+                   epochs=int(obj.get("epochs", 0)), bytes=obj.get("bytes"), seconds=obj.get("seconds", 0.0),
+                   shared_by=obj.get("shared_by"))
+
+
+def by_position(records: Sequence[CheckpointRecord]) -> list[CheckpointRecord]:
+    return sorted(records, key=lambda r: (r.shard, r.slice))
+
+
+@dataclass(frozen=True)
+class CheckpointsManifest:
+    """``checkpoints/manifest.json``: the numerics environment and every checkpoint record."""
+
+    checkpoints: tuple[CheckpointRecord, ...] = ()
+    environment: dict[str, Any] = field(default_factory=dict)
+    format: str = CHECKPOINTS_FORMAT
+
+    def of_shard(self, shard: int) -> list[CheckpointRecord]:
+        return [r for r in self.checkpoints if r.shard == shard]
+
+    def final(self) -> dict[int, CheckpointRecord]:
+        """The last checkpoint of each shard that has one."""
+        last: dict[int, CheckpointRecord] = {}
+        for r in by_position(self.checkpoints):
+            last[r.shard] = r
+        return last
+
+    def without_shards(self, shards: set[int]) -> "CheckpointsManifest":
+        return dataclasses.replace(self, checkpoints=tuple(r for r in self.checkpoints if r.shard not in shards))
+
+    def without_records(self, records: Sequence[CheckpointRecord]) -> "CheckpointsManifest":
+        return dataclasses.replace(self, checkpoints=tuple(r for r in self.checkpoints if r not in records))
+
+    def with_records(self, records: Sequence[CheckpointRecord]) -> "CheckpointsManifest":
+        return dataclasses.replace(self, checkpoints=tuple(by_position(list(self.checkpoints) + list(records))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "environment": self.environment,
+                "checkpoints": [r.to_json() for r in self.checkpoints]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], where: str = "the checkpoints manifest") -> "CheckpointsManifest":
+        check_format(obj.get("format"), CHECKPOINTS_FORMAT, where)
+        try:
+            return cls(checkpoints=tuple(CheckpointRecord.from_json(r) for r in obj["checkpoints"]),
+                       environment=obj.get("environment") or {}, format=obj["format"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SisaError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
