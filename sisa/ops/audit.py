@@ -18,9 +18,9 @@ from sisa.errors import SisaError
 from sisa.ids import ids_digest, key_text
 from sisa.ops.commit import TEST_SHARD
 from sisa.settings import Settings
+from sisa.training.executors import run_unit
 from sisa.training.jobs import DataSpec, ShardJob
 from sisa.training.numerics import environment_differences
-from sisa.training.vectorised import run_unit
 from sisa.workspace.files import Workspace, sha256_file
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock

@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 from sisa.errors import SisaError
 from sisa.registry import Registry
 from sisa.training.jobs import Progress, ShardJob, ShardResult
-from sisa.training.vectorised import run_unit, work_units
+from sisa.training.slices import run_shard_job
+from sisa.training.vectorised import run_group
 
 
 class Executor(Protocol):
@@ -201,3 +202,24 @@ def verify_result(workspace, result: ShardResult) -> None:
                 f"({record.file}, written on {where}) is {'missing' if size is None else 'different'} "
                 f"at {path}; nothing was committed. Every Ray node must see the workspace folder at "
                 f"the same path (shared storage)")
+
+
+def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:
+    """The jobs grouped as they must run: one job per unit, or one vectorised group per unit."""
+    if not jobs:
+        return []
+    width = jobs[0].settings.vectorise
+    if width == 1:
+        return [[job] for job in jobs]
+    by_group: dict[int, list[ShardJob]] = {}
+    for job in sorted(jobs, key=lambda j: j.shard):
+        by_group.setdefault(job.shard // width, []).append(job)
+    return [by_group[g] for g in sorted(by_group)]
+
+
+def run_unit(unit: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
+    """Run one unit of :func:`work_units`."""
+    if unit[0].settings.vectorise == 1:
+        return [run_shard_job(job, progress) for job in unit]
+    return run_group(unit, progress)
+

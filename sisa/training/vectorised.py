@@ -22,7 +22,7 @@ a member's gradients come from its own shard's rows only. Which kernels run can 
 group's width and on the member's position, so both are fixed by the settings: retraining a
 shard after a deletion runs a group of the same width with the shard in the same position
 (the other positions idle), and gives the bits that training without the deleted rows gives.
-``tests/test_vectorised.py`` checks that, and that a member's checkpoints do not change when
+``tests/training/test_vectorised.py`` checks that, and that a member's checkpoints do not change when
 its companions' rows do.
 
 Checkpoints are the same files as one model at a time writes (model, optimizer and scheduler
@@ -49,7 +49,6 @@ from sisa.training.numerics import deterministic_torch, numerics_environment
 from sisa.training.slices import (
     predict_probas,
     resume_training,
-    run_shard_job,
     save_slice,
 )
 from sisa.workspace.files import Workspace
@@ -65,24 +64,8 @@ def check_vectorisable(model) -> None:
                         f"train it with vectorise 1")
 
 
-def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:
-    """The jobs grouped as they must run: one job per unit, or one vectorised group per unit."""
-    if not jobs:
-        return []
-    width = jobs[0].settings.vectorise
-    if width == 1:
-        return [[job] for job in jobs]
-    by_group: dict[int, list[ShardJob]] = {}
-    for job in sorted(jobs, key=lambda j: j.shard):
-        by_group.setdefault(job.shard // width, []).append(job)
-    return [by_group[g] for g in sorted(by_group)]
 
 
-def run_unit(unit: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
-    """Run one unit of :func:`work_units`."""
-    if unit[0].settings.vectorise == 1:
-        return [run_shard_job(job, progress) for job in unit]
-    return run_group(unit, progress)
 
 
 @dataclass

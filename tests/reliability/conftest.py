@@ -1,17 +1,12 @@
 import shutil
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import make_table
 
-sys.path.insert(0, str(Path(__file__).parent.parent))
-
-from conftest import make_table  # noqa: E402
-
-from sisa.data.sources import load  # noqa: E402
-from sisa.ops.train import train_workspace  # noqa: E402
-from sisa.settings import Settings  # noqa: E402
+from sisa.data.sources import load
+from sisa.ops.train import train_workspace
+from sisa.settings import Settings
 
 SETTINGS = Settings(shards=4, slices=3, epochs=3, batch_size=32)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import (
+from helpers import (
     FAST,
     checkpoint_shas,
     copy_workspace,

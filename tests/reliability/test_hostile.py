@@ -2,7 +2,7 @@
 changed workspace on error."""
 
 import pytest
-from conftest import run_cli, tree
+from helpers import run_cli, tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

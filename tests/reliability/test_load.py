@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import checkpoint_shas, make_table, run_cli
+from helpers import checkpoint_shas, make_table, run_cli
 
 from sisa.data.sources import Dataset, load
 from sisa.ops.delete import delete

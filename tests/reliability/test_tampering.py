@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import edit_manifest, run_cli
+from helpers import edit_manifest, run_cli
 
 from sisa.workspace.files import sha256_bytes
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import edit_manifest
+from helpers import copy_workspace, edit_manifest
 
 from sisa import __version__
 from sisa.errors import SisaError
@@ -43,8 +43,6 @@ def test_every_workspace_records_the_format_and_the_sisa_version(small_trained):
 
 
 def test_a_workspace_of_another_format_is_refused_naming_it_and_its_writer(small_trained, tmp_path):
-    from conftest import copy_workspace
-
     ws = copy_workspace(small_trained, tmp_path)
     edit_manifest(ws / "shards" / "manifest.json", lambda m: m.update(format="sisa-workspace/2", sisa_version="9.0"))
     with pytest.raises(SisaError, match=r"format sisa-workspace/2 \(written by sisa 9.0\); this sisa reads "
@@ -56,8 +54,6 @@ def test_a_workspace_of_another_format_is_refused_naming_it_and_its_writer(small
 
 
 def test_a_malformed_manifest_is_named_not_a_traceback(small_trained, tmp_path):
-    from conftest import copy_workspace
-
     ws = copy_workspace(small_trained, tmp_path)
     edit_manifest(ws / "shards" / "manifest.json", lambda m: m["shards"][0].pop("sha256"))
     with pytest.raises(SisaError, match="malformed .*sha256"):

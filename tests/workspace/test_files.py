@@ -1,3 +1,5 @@
+"""Workspace files: atomic writes, checksummed checkpoints, and no link ever followed."""
+
 import io
 import os
 import pickle
@@ -6,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SECRET
+from helpers import SECRET
 
 from sisa.errors import SisaError
-from sisa.ids import ids_digest
 from sisa.workspace.files import Workspace, atomic_write, sha256_bytes
 from sisa.workspace.manifest import CheckpointRecord
 
@@ -96,16 +97,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def test_ids_digest_is_a_set_hash():
-    assert ids_digest([1, 2, 3]) == ids_digest([3, 2, 1])
-    assert ids_digest([1, 2]) != ids_digest(["1", "2"])
-    assert ids_digest(["a", "bc"]) != ids_digest(["ab", "c"])
-
-
 # -- a hostile file system (issue 14)
-
-
-
 
 def test_os_replace_replaces_a_link_itself_never_its_target(tmp_path, victim):
     """What atomic_write relies on: rename() swaps the directory entry, a link included."""

@@ -11,14 +11,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import edit_manifest, holdout_file, make_table, run_cli, tree
+from helpers import (
+    assert_identical,
+    edit_manifest,
+    holdout_file,
+    make_table,
+    records,
+    run_cli,
+    shard_layout,
+    tree,
+    without,
+)
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from sisa.data.sources import Dataset, load
+from sisa.data.sources import load
 from sisa.ops.delete import delete
-from sisa.ops.ensemble import Ensemble
 from sisa.ops.train import train_workspace
 from sisa.settings import Settings
 from sisa.workspace.files import Workspace
@@ -45,41 +54,6 @@ def base(tmp_path_factory, dataset):
 def copy_of(base: Path, tmp_path: Path, name: str = "ws") -> Workspace:
     shutil.copytree(base, tmp_path / name)
     return Workspace(tmp_path / name)
-
-
-def without(dataset: Dataset, removed) -> Dataset:
-    keep = ~np.isin(dataset.train.ids, np.asarray(list(removed), dtype=dataset.train.ids.dtype))
-    return Dataset(dataset.spec, dataset.train.take(keep), dataset.test, dataset.shape, dataset.classes,
-                   dataset.scale, dataset.feature_names, dataset.defaults)
-
-
-def records(workdir: Path) -> dict:
-    manifest = json.loads((Path(workdir) / "checkpoints" / "manifest.json").read_text())
-    return {(r["shard"], r["slice"]): (r["sha256"], r["ids_sha256"], r["file"]) for r in manifest["checkpoints"]}
-
-
-def assert_identical(deleted_ws: Path, fresh_ws: Path) -> None:
-    a, b = records(deleted_ws), records(fresh_ws)
-    assert a == b
-    for (_, _, name) in a.values():
-        sa = torch.load(Path(deleted_ws, "checkpoints", name), weights_only=True)["model"]
-        sb = torch.load(Path(fresh_ws, "checkpoints", name), weights_only=True)["model"]
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    shard_files = lambda ws: sorted(p.name for p in Path(ws, "shards").glob("shard-*.parquet"))
-    assert shard_files(deleted_ws) == shard_files(fresh_ws)
-    ea, eb = Ensemble(Workspace(deleted_ws)), Ensemble(Workspace(fresh_ws))
-    X = ea.test_rows().X
-    assert np.array_equal(ea.predict_proba(X), eb.predict_proba(X))
-
-
-def shard_layout(workdir: Path) -> dict:
-    """id -> (shard, slice) for every training row of a workspace."""
-    out = {}
-    for path in Path(workdir, "shards").glob("shard-*.parquet"):
-        table = pq.read_table(path, columns=["id", "shard", "slice"])
-        for i, s, r in zip(*(table.column(c).to_pylist() for c in ("id", "shard", "slice"))):
-            out[i] = (s, r)
-    return out
 
 
 def choose(layout: dict, kind: str, rng: np.random.Generator) -> list[list]:

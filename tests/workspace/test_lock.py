@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_table, run_cli, tree
+from helpers import checkpoint_shas, make_table, run_cli, tree, without
 
 from sisa.data.sources import load
 from sisa.errors import SisaError
@@ -107,14 +106,7 @@ def test_four_processes_deleting_at_once_lose_nothing(trained, tmp_path):
         assert ledger.counts()["committed"] == 4
     finally:
         ledger.close()
-    keep = ~np.isin(dataset.train.ids, list(removed))
-    from sisa.data.sources import Dataset
-
-    fresh = Dataset(dataset.spec, dataset.train.take(keep), dataset.test, dataset.shape, dataset.classes,
-                    dataset.scale, dataset.feature_names)
-    train_workspace(tmp_path / "fresh", fresh, SETTINGS)
-    from conftest import checkpoint_shas
-
+    train_workspace(tmp_path / "fresh", without(dataset, removed), SETTINGS)
     assert checkpoint_shas(tmp_path / "ws") == checkpoint_shas(tmp_path / "fresh")
     assert run_cli("audit", "--workdir", tmp_path / "ws", "--replay").code == 0
 

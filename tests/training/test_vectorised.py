@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from test_delete import assert_identical, records, shard_layout, without
+from helpers import assert_identical, records, run_cli, shard_layout, without
 
 from sisa.data.sources import load
 from sisa.ops.delete import delete
 from sisa.ops.train import train_workspace
 from sisa.settings import Settings
-from sisa.training.vectorised import work_units
+from sisa.training.executors import work_units
 from sisa.workspace.files import Workspace
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import checkpoint_shas, make_table, run_cli, tree
+from helpers import checkpoint_shas, make_table, run_cli, tree
 
 FLAGS = ("--shards", "3", "--slices", "2", "--epochs", "3")
 

@@ -8,7 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import checkpoint_shas, run_cli
+from helpers import checkpoint_shas, run_cli
 
 from sisa.data.sources import load
 from sisa.ops.delete import delete

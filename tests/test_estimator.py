@@ -1,6 +1,10 @@
+"""SISAClassifier, the scikit-learn style Python API: fit, predict, load and delete."""
+
+import re
+
 import numpy as np
 import pytest
-from conftest import run_cli, tree
+from helpers import run_cli, training_ids, tree
 
 import sisa
 from sisa.data.sources import load
@@ -12,8 +16,12 @@ from sisa.workspace.files import Workspace
 @pytest.mark.numerics
 def test_fit_predict_load_round_trip(tmp_path):
     ds = load("digits")
-    clf = SISAClassifier(tmp_path, shards=3, slices=2, epochs=4).fit(ds)
-    assert clf.fit is not None and list(clf.classes_) == list(range(10))
+    clf = SISAClassifier(tmp_path, shards=3, slices=2, epochs=4)
+    assert clf.fit(ds) is clf  # fit returns the estimator itself, as scikit-learn's do
+    assert list(clf.classes_) == list(range(10)) and clf.dataset_ is ds
+    assert clf.ensemble_.settings == clf.settings
+    assert clf.summary_["n_train"] == len(ds.train) and clf.summary_["excluded_deleted"] == 0
+    assert (clf.summary_["shards"], clf.summary_["slices"]) == (3, 2)
     proba = clf.predict_proba(ds.test.X)
     assert proba.shape == (len(ds.test), 10) and np.allclose(proba.sum(1), 1)
     assert clf.score(ds.test.X, ds.test.y) > 0.8
@@ -69,4 +77,32 @@ def test_a_failed_checkpoint_write_leaves_no_partial_workspace(tmp_path, monkeyp
 
 
 def test_version():
-    assert sisa.__version__
+    """A release number in PEP 440's form (a workspace records it; see workspace/test_manifest.py)."""
+    assert re.fullmatch(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?", sisa.__version__)
+
+
+# -- the Python API honours the ledger and refuses what the CLI refuses (issue 13)
+
+def test_the_python_api_honours_the_ledger_on_refit(tmp_path):
+    X = np.random.default_rng(0).normal(size=(120, 4)).astype(np.float32)
+    y = np.arange(120) % 2
+    clf = SISAClassifier(tmp_path / "ws", shards=2, slices=2, epochs=1).fit(X, y)
+    clf.delete([0, 1, 2])
+    clf.fit(X, y, force=True)
+    assert clf.summary_["excluded_deleted"] == 3
+    assert not {0, 1, 2} & set(training_ids(tmp_path / "ws"))
+
+
+@pytest.mark.parametrize("X, y, message", [
+    (np.r_[np.full((1, 3), np.nan), np.ones((39, 3))], np.arange(40) % 2, "NaN or infinite"),
+    (np.r_[np.full((1, 3), np.inf), np.ones((39, 3))], np.arange(40) % 2, "NaN or infinite"),
+    (np.full((40, 3), 3.4e39), np.arange(40) % 2, "float32"),
+    (np.ones((40, 3)), np.linspace(0, 1, 40), "non-integer"),
+    (np.ones((40, 3)), np.r_[np.inf, np.zeros(39)], "infinite labels"),
+    (np.ones((40, 3)), np.r_[1e30, np.zeros(39)], "beyond 2\\^53"),
+    (np.ones(40), np.arange(40) % 2, "2-D"),
+])
+def test_fit_refuses_bad_arrays_with_a_value_error(tmp_path, X, y, message):
+    with pytest.raises(ValueError, match=message):
+        SISAClassifier(tmp_path / "ws", shards=2, slices=1, epochs=1).fit(X, y)
+    assert not (tmp_path / "ws" / "shards" / "manifest.json").exists()

@@ -1,3 +1,5 @@
+"""The ``sisa`` command line: each subcommand's flags, output formats and errors."""
+
 import json
 import time
 
@@ -5,7 +7,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import FAST, checkpoint_shas, edit_manifest, make_table, run_cli, tree
+from helpers import (
+    FAST,
+    checkpoint_shas,
+    copy_workspace,
+    deleted_ids,
+    edit_manifest,
+    make_table,
+    run_cli,
+    training_ids,
+    tree,
+)
 
 
 @pytest.mark.numerics
@@ -236,3 +248,64 @@ def test_every_subcommand_has_its_own_module():
     assert len(set(modules)) == len(modules) == 10
     assert all(module == f"sisa.cli.{command.name.replace('eval', 'evaluate')}"
                for module, command in zip(modules, commands()))
+
+
+# -- repeated --ids / --ids-file accumulate; --json failures are one object on stdout (issue 13)
+
+def test_repeated_ids_flags_all_count(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
+    a, b, c, d, e = training_ids(ws)[:5]
+    (tmp_path / "x.txt").write_text(f"{c}\n")
+    (tmp_path / "y.txt").write_text(f"{d}\n")
+    result = run_cli("delete", "--workdir", ws, "--ids", a, "--ids", b, "--ids-file", tmp_path / "x.txt",
+                     "--ids-file", tmp_path / "y.txt", "--ids", e)
+    assert result.code == 0, result.err
+    assert deleted_ids(ws) == {f"i:{i}" for i in (a, b, c, d, e)}
+    assert "deleted 5 of 5 id(s) asked for" in result.out
+    assert not set(training_ids(ws)) & {a, b, c, d, e}
+
+
+def test_the_text_output_shows_a_mismatch_between_asked_and_deleted(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
+    a, b = training_ids(ws)[:2]
+    run_cli("delete", "--workdir", ws, "--ids", a)
+    result = run_cli("delete", "--workdir", ws, "--ids", f"{a},{b}", "--ids", "999999", "--ignore-missing")
+    assert result.code == 0
+    assert "deleted 1 of 3 id(s) asked for" in result.out
+    assert "already deleted" in result.out and "not in the training data" in result.out
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["delete", "--ids", "nope"], 1),
+    (["delete", "--bogus"], 2),
+    (["status"], 1),
+    (["audit", "--ids", "x"], 1),
+    (["train", "--data", "nonsense"], 1),
+    (["eval"], 1),
+])
+def test_json_failures_print_one_object_on_stdout(tmp_path, small_trained, argv, code):
+    ws = tmp_path / "empty" if argv[0] in ("status", "eval") else small_trained
+    result = run_cli(*argv, "--workdir", ws, "--json")
+    assert result.code == code
+    obj = json.loads(result.out)
+    assert obj["ok"] is False and obj["exit_code"] == code and obj["error"]
+    assert obj["error"].removeprefix("sisa: ") in result.err  # the human line stays on stderr
+
+
+def test_json_success_says_ok(small_trained):
+    assert run_cli("status", "--workdir", small_trained, "--json").json["ok"] is True
+
+
+def test_help_states_the_per_dataset_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    result = run_cli("train", "--help")
+    assert "fashion-mnist 5" in result.out and "fashion-mnist 0.003" in result.out
+    assert "cifar10 10" in result.out
+    from sisa.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"sisa {name} {action.option_strings[0]} has no help text"

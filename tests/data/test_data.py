@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import make_table
+from helpers import make_table
 
 from sisa.data.sources import held_out_mask, load
 from sisa.errors import SisaError
@@ -248,3 +248,8 @@ def test_real_fashion_mnist_from_debian_package():
     ds = load("fashion-mnist")  # found in /usr/share/datasets/fashion-mnist without a path
     assert ds.shape == (1, 28, 28) and len(ds.train) == 60000 and len(ds.test) == 10000
     assert np.bincount(ds.train.y).tolist() == [6000] * 10
+
+
+def test_builtin_test_rows_have_ids_of_their_own():
+    digits = load("digits")
+    assert not set(digits.train.ids.tolist()) & set(digits.test.ids.tolist())

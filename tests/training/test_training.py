@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import checkpoint_shas
+from helpers import checkpoint_shas
 
 from sisa.data.sources import load
 from sisa.ops.train import train_workspace

@@ -1,11 +1,18 @@
-"""Smoke runs of the benchmark scripts on tiny settings (the real runs are not tests)."""
+"""Smoke runs of the benchmark scripts on tiny settings (the real runs are not tests).
+
+They take over a minute together, so the default ``pytest`` run leaves them out (the
+``benchmark`` marker); run them with ``python -m pytest -m benchmark``, as .ci/run does.
+"""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+import pytest
+
+pytestmark = pytest.mark.benchmark
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -1,8 +1,9 @@
-"""A replay that differs says when the workspace was trained by another sisa version."""
+"""``sisa audit``: a replay that differs says when the workspace was trained by another sisa
+version, and ids never requested for deletion are named."""
 
 import dataclasses
 
-from conftest import copy_workspace, edit_manifest, training_ids
+from helpers import copy_workspace, edit_manifest, run_cli, training_ids
 
 from sisa import __version__
 from sisa.ops.audit import audit
@@ -41,3 +42,12 @@ def test_no_version_hint_when_the_versions_match(small_trained, tmp_path, monkey
     _replay_with_other_bits(monkeypatch)
     [problem] = [p for p in audit(Workspace(ws), replay=True)["problems"] if p.startswith("replay of shard")]
     assert "trained by sisa" not in problem and "differs at slices" in problem
+
+
+def test_audit_names_ids_never_requested(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
+    never = training_ids(ws)[0]
+    result = run_cli("audit", "--workdir", ws, "--ids", never, "--json")
+    assert result.code == 1
+    assert "never requested for deletion" in result.json["problems"][0]
+    assert not any("holds deleted ids" in p for p in result.json["problems"])

@@ -1,0 +1,144 @@
+"""``sisa train``: retraining over a workspace (--force) never brings a deleted row back, and
+test data that would score a training row as unseen is refused (issue 13)."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from helpers import (
+    FAST,
+    checkpoint_shas,
+    copy_workspace,
+    deleted_ids,
+    holdout_file,
+    make_table,
+    run_cli,
+    training_ids,
+    tree,
+)
+
+from sisa.workspace.ledger import Ledger
+
+# -- train --force honours the ledger
+
+def test_train_force_never_learns_deleted_rows_again(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[:3]
+    assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone))).code == 0
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force")
+    assert result.code == 0, result.err
+    assert "3 rows excluded: deleted earlier" in result.out
+    assert not set(training_ids(ws)) & set(gone)
+    assert deleted_ids(ws) == {f"i:{i}" for i in gone}  # the ledger and its history survive
+    assert run_cli("audit", "--workdir", ws, "--ids", ",".join(map(str, gone))).code == 0
+    assert run_cli("audit", "--workdir", ws, "--replay").code == 0
+    status = run_cli("status", "--workdir", ws, "--json").json
+    assert status["deletions"]["deleted_ids"] == 3
+    # deleting them again is a no-op, not an error
+    again = run_cli("delete", "--workdir", ws, "--ids", str(gone[0]), "--json").json
+    assert again["already_deleted"] == [gone[0]] and again["deleted"] == []
+
+
+def test_train_force_equals_training_without_the_deleted_rows(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[:4]
+    run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone)))
+    run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force")
+    table = pq.read_table(small_source)
+    keep = ~np.isin(np.asarray(table.column("id").to_pylist()), gone)
+    pq.write_table(table.filter(keep), tmp_path / "without.parquet")
+    fresh = tmp_path / "fresh"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 'without.parquet'}", "--workdir", fresh, *FAST).code == 0
+    assert checkpoint_shas(ws) == checkpoint_shas(fresh)
+
+
+def test_only_an_explicit_flag_discards_the_ledger(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[:2]
+    run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone)))
+    refused = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--discard-deletions")
+    assert refused.code == 1 and "only applies with --force" in refused.err
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+                     "--discard-deletions")
+    assert result.code == 0 and "trained on again" in result.out
+    assert set(gone) <= set(training_ids(ws))
+    assert not (ws / "shards" / "ledger.sqlite").exists()
+
+
+def test_train_force_over_a_pending_deletion_completes_it(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[0]
+    with Ledger(ws / "shards" / "ledger.sqlite") as ledger:  # recorded, then the process died
+        ledger.add_request([(f"i:{gone}", 0, 0)])
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force")
+    assert result.code == 0, result.err
+    assert gone not in training_ids(ws)
+    assert run_cli("status", "--workdir", ws, "--json").json["deletions"] == {"deleted_ids": 1, "pending": 0}
+    assert run_cli("audit", "--workdir", ws, "--replay").code == 0
+
+
+def test_a_source_whose_ids_now_load_as_text_brings_no_one_back(tmp_path):
+    """Deleted as the integer 7; the new source has a text id, so every id loads as text."""
+    table = make_table(n=120)
+    pq.write_table(table, tmp_path / "a.parquet")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 'a.parquet'}", "--workdir", ws, *FAST).code == 0
+    gone = training_ids(ws)[:2]
+    assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone))).code == 0
+    as_text = table.set_column(0, "id", pa.array([str(i) for i in table.column("id").to_pylist()]))
+    pq.write_table(as_text, tmp_path / "b.parquet")
+    result = run_cli("train", "--data", f"parquet:{tmp_path / 'b.parquet'}", "--workdir", ws, *FAST, "--force")
+    assert result.code == 0 and "2 rows excluded: deleted earlier" in result.out
+    assert not {str(i) for i in gone} & set(map(str, training_ids(ws)))
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_a_held_out_row_deleted_before_train_force_keeps_the_audit_passing(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    held = pq.read_table(holdout_file(ws)).column("id").to_pylist()[0]
+    assert run_cli("delete", "--workdir", ws, "--ids", held).code == 0
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force").code == 0
+    assert held not in pq.read_table(holdout_file(ws)).column("id").to_pylist()
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_discard_deletions_drops_the_ledger_even_beside_a_lost_manifest(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    gone = training_ids(ws)[0]
+    run_cli("delete", "--workdir", ws, "--ids", gone)
+    (ws / "shards" / "manifest.json").rename(tmp_path / "lost.json")
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+                     "--discard-deletions")
+    assert result.code == 0, result.err
+    assert not (ws / "shards" / "ledger.sqlite").exists() and gone in training_ids(ws)
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+def test_train_force_leaves_no_stale_file_of_the_old_workspace(small_trained, tmp_path, small_source):
+    ws = copy_workspace(small_trained, tmp_path)
+    stale = ws / "shards" / "shard-000-0123456789ab.parquet"  # as a crash between purge steps leaves
+    stale.write_bytes(next((ws / "shards").glob("shard-000-*.parquet")).read_bytes())
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+                   "--epochs", "3").code == 0
+    assert not stale.exists()
+    assert run_cli("audit", "--workdir", ws).code == 0
+
+
+# -- test data never shares an id with training rows
+
+def test_test_data_sharing_ids_with_training_rows_is_refused(tmp_path, table_file):
+    train = table_file("train.parquet", n=120)
+    test = table_file("test.parquet", n=40)  # the same ids 1000..1039
+    ws = tmp_path / "ws"
+    before = tree(tmp_path)
+    result = run_cli("train", "--data", f"parquet:{train}", "--test-data", f"parquet:{test}", "--workdir", ws,
+                     *FAST)
+    assert result.code == 1 and "40 of the 40 test rows share ids with training rows" in result.err
+    assert tree(tmp_path) == before
+
+
+def test_test_ids_of_another_kind_are_refused(tmp_path, table_file):
+    train = table_file("train.parquet", n=120, str_ids=True)
+    test = table_file("test.parquet", n=40)
+    result = run_cli("train", "--data", f"parquet:{train}", "--test-data", f"parquet:{test}",
+                     "--workdir", tmp_path / "ws", *FAST)
+    assert result.code == 1 and "the test data's ids are integers but the training data's are text" in result.err
