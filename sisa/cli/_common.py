@@ -48,8 +48,9 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     )
 
     group = parser.add_argument_group(
-        "training settings", "defaults depend on the data where more than one is shown; an existing "
-        "workspace keeps the settings it was trained with")
+        "training settings", "defaults depend on the data where more than one is shown; deletions and "
+        "repairs retrain with the settings a workspace was trained with, but train --force starts from "
+        "these flags and defaults, not from the old workspace's settings or data")
     d = default_for
     group.add_argument("--shards", type=int, help=f"number of shards S (default {d('shards')})")
     group.add_argument("--slices", type=int, help=f"slices per shard R (default {d('slices')})")
