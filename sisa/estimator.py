@@ -103,16 +103,58 @@ class SISAClassifier:
             raise SisaError("this SISAClassifier is not fitted; call fit or SISAClassifier.load")
         return self.ensemble_
 
-    def delete(self, ids: Sequence, *, ignore_missing: bool = False,
+    def delete(self, ids: Sequence, *, ignore_missing: bool = False, reference: Optional[str] = None,
                progress: Optional[Progress] = None) -> dict[str, Any]:
-        """Forget training rows exactly (as ``sisa delete``); returns what was done."""
+        """Forget training rows exactly (as ``sisa delete``); returns what was done, with the
+        ledger's ``request`` number for its receipt."""
         from sisa.ops.delete import delete
 
         self._fitted()
         result = delete(Workspace(self.workdir), list(ids), ignore_missing=ignore_missing,
-                        executor=make_executor(self.executor), progress=progress)
+                        executor=make_executor(self.executor), progress=progress, reference=reference)
         self._loaded(Ensemble(Workspace(self.workdir)))
         return result
+
+    def add(self, X: Dataset | Table | np.ndarray, y: Optional[Sequence] = None, *, ids: Optional[Sequence] = None,
+            slices: int = 1, epochs: Optional[int] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+        """Take in new rows (as ``sisa add``): a Dataset's training rows, a Table, or arrays with
+        ids that are new to the workspace; they become ``slices`` new slices of every shard."""
+        from sisa.ops.lifecycle import add_rows
+
+        self._fitted()
+        if isinstance(X, Dataset):
+            batch = X.train
+        elif isinstance(X, Table):
+            batch = X
+        else:
+            if ids is None:
+                raise SisaError("add needs the new rows' ids (ids=...), new to the workspace")
+            batch = array_dataset(X, y, ids).train
+        result = add_rows(Workspace(self.workdir), batch, slices=slices, epochs=epochs,
+                          executor=make_executor(self.executor), progress=progress)
+        self._loaded(Ensemble(Workspace(self.workdir)))
+        return result
+
+    def revert(self, to: int) -> dict[str, Any]:
+        """Take out every row added after version ``to`` (as ``sisa revert``)."""
+        from sisa.ops.lifecycle import revert
+
+        self._fitted()
+        result = revert(Workspace(self.workdir), to)
+        self._loaded(Ensemble(Workspace(self.workdir)))
+        return result
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every version and deletion request, oldest first (as ``sisa history --json``)."""
+        from sisa.ops.history import history
+
+        return history(Workspace(self.workdir))["events"]
+
+    def receipt(self, request: int, *, ids_as: str = "plain") -> dict[str, Any]:
+        """The deletion receipt of ``request`` (as ``sisa receipt``)."""
+        from sisa.ops.history import receipt
+
+        return receipt(Workspace(self.workdir), request, ids_as=ids_as)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Aggregated class probabilities, shape (rows, classes), columns in ``classes_`` order."""

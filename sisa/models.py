@@ -6,7 +6,13 @@ against the registry, and ``import sisa; sisa.Settings()`` must stay free of tor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+import hashlib
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
@@ -87,10 +93,103 @@ def resnet18(shape: Sequence[int], n_classes: int) -> nn.Module:
 
 
 def build_model(name: str, shape: Sequence[int], n_classes: int) -> nn.Module:
-    """Build model ``name`` for rows of ``shape`` and ``n_classes`` classes.
+    """Build model ``name`` (a registered name, or ``package.module:factory``) for rows of
+    ``shape`` and ``n_classes`` classes.
 
     >>> import torch
     >>> build_model("logreg", (64,), 10)(torch.zeros(2, 64)).shape
     torch.Size([2, 10])
     """
+    if is_custom(name):
+        return _build_custom(name, tuple(shape), n_classes)
+    if name not in MODELS:
+        raise SisaError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, or name a model of your "
+                        f"own as package.module:factory (a model registered from Python exists only in the "
+                        f"process that registered it)")
     return MODELS.get(name)(tuple(shape), n_classes)
+
+
+# -------------------------------------------------------------------------- models of one's own
+
+CUSTOM_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+"""``package.module:factory``, where ``factory(input_shape, n_classes)`` returns an nn.Module."""
+
+
+def is_custom(name: str) -> bool:
+    return ":" in name
+
+
+def check_name(name: str) -> None:
+    """Refuse a model name that is neither registered nor ``package.module:factory`` (without
+    importing anything: settings stay free of torch)."""
+    if name in MODELS or (is_custom(name) and CUSTOM_NAME.fullmatch(name)):
+        return
+    raise SisaError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, or name a model of your own "
+                    f"as package.module:factory")
+
+
+def _import(module_name: str):
+    """Import the module of a custom model: from sys.path, else from the current folder (as
+    ``python -m`` would; the ``sisa`` script's own folder is on sys.path, the user's is not)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        root = module_name.split(".")[0]
+        if exc.name != root or os.getcwd() in sys.path:
+            raise SisaError(f"cannot import the model module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed
+        raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SisaError(f"cannot import the model module {module_name!r} ({exc}); run sisa from the folder "
+                        f"that holds it, or put that folder on PYTHONPATH") from None
+    except Exception as exc:
+        raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _factory(name: str):
+    module_name, _, attr = name.partition(":")
+    factory = getattr(_import(module_name), attr, None)
+    if not callable(factory):
+        raise SisaError(f"model {name!r}: module {module_name!r} has no function {attr!r}")
+    return factory
+
+
+def _build_custom(name: str, shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    from torch import nn
+
+    try:
+        model = _factory(name)(shape, n_classes)
+    except SisaError:
+        raise
+    except Exception as exc:
+        raise SisaError(f"model {name!r} failed to build for rows of shape {shape} and {n_classes} classes: "
+                        f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise SisaError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def model_source(name: str) -> Optional[dict[str, str]]:
+    """Where a custom model's code is: its module's file, that file's sha256, and the folder
+    its import starts from (what a worker puts on sys.path). None for a registered model."""
+    if not is_custom(name):
+        return None
+    module_name = name.partition(":")[0]
+    module = _import(module_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        raise SisaError(f"model {name!r}: module {module_name!r} has no source file to record")
+    path = Path(file).resolve()
+    package = path.parent if path.name == "__init__.py" else path
+    root = package.parents[len(module_name.split(".")) - 1]
+    return {"model": name, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "root": str(root)}
+
+
+def add_import_root(root: Optional[str]) -> None:
+    """Let this process import a custom model from ``root`` (a worker, given its driver's)."""
+    if root and root not in sys.path:
+        sys.path.append(root)

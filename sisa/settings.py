@@ -51,7 +51,8 @@ class Settings:
     Args:
         shards: number of shards S; each trains its own model in isolation.
         slices: number of slices R per shard; a checkpoint is kept after each.
-        model: a name from :data:`sisa.models.MODELS`.
+        model: a name from :data:`sisa.models.MODELS`, or ``package.module:factory`` for a
+            model of one's own (``factory(input_shape, n_classes)`` returns an ``nn.Module``).
         epochs: epochs of an unsliced shard. With ``epoch_schedule="recalibrated"`` (SISA's
             recalibration) the slices share ``2R/(R+1) * epochs`` epochs, so slicing costs
             no extra sample-passes; with ``"uniform"`` every slice trains ``epochs`` epochs.
@@ -90,7 +91,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         from sisa.aggregation import AGGREGATORS
-        from sisa.models import MODELS
+        from sisa.models import check_name
 
         def positive_int(name: str) -> None:
             value = getattr(self, name)
@@ -113,10 +114,13 @@ class Settings:
             raise SisaError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
                               ("epoch_schedule", EPOCH_SCHEDULES), ("device", DEVICES),
-                              ("model", tuple(MODELS)), ("aggregation", tuple(AGGREGATORS))):
+                              ("aggregation", tuple(AGGREGATORS))):
             if getattr(self, name) not in allowed:
                 raise SisaError(f"unknown {name} {getattr(self, name)!r}; "
                                 f"choose one of: {', '.join(allowed)}")
+        if not isinstance(self.model, str):
+            raise SisaError(f"model must be a name, got {self.model!r}")
+        check_name(self.model)
 
     def slice_epochs(self) -> list[int]:
         """Epochs trained on each slice (slice r trains on slices 0..r).

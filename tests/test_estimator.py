@@ -106,3 +106,21 @@ def test_fit_refuses_bad_arrays_with_a_value_error(tmp_path, X, y, message):
     with pytest.raises(ValueError, match=message):
         SISAClassifier(tmp_path / "ws", shards=2, slices=1, epochs=1).fit(X, y)
     assert not (tmp_path / "ws" / "shards" / "manifest.json").exists()
+
+
+def test_the_python_api_adds_reverts_and_keeps_history(tmp_path):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    clf = SISAClassifier(tmp_path / "ws", shards=2, slices=2, epochs=2, model="logreg").fit(X[:1000], y[:1000])
+    added = clf.add(X[1000:1200], y[1000:1200], ids=np.arange(1000, 1200))
+    assert added["version"] == 2 and added["rows"] == 200
+    with pytest.raises(SisaError, match="already in the workspace"):
+        clf.add(X[1000:1010], y[1000:1010], ids=np.arange(1000, 1010))
+    deleted = clf.delete([5, 1100], reference="T-1")
+    assert deleted["request"] == 1
+    assert clf.receipt(1)["audit"]["ok"]
+    assert clf.revert(1)["reverted"] == [2]
+    kinds = [(e["event"], e.get("kind") or e.get("reference")) for e in clf.history()]
+    assert kinds == [("version", "train"), ("version", "add"), ("request", "T-1"), ("version", "revert")]
+    assert clf.predict(X[1500:1510]).shape == (10,)

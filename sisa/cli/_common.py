@@ -24,13 +24,26 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", metavar="SPEC",
                         help="digits (default), fashion-mnist[:DIR], mnist[:DIR], cifar10[:DIR], "
-                             "csv:PATH or parquet:PATH")
+                             "csv:PATH, parquet:PATH or imagefolder:DIR (DIR/<class>/<image>)")
     parser.add_argument("--test-data", metavar="SPEC", help="separate evaluation data")
     parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
                         help="share of rows held out for testing, chosen by a hash of the id, when "
                              "the data has no test split and --test-data is not given (default 0.2)")
     parser.add_argument("--id-col", default="id", help="id column of a table (default id)")
     parser.add_argument("--label-col", default="label", help="label column of a table (default label)")
+    parser.add_argument("--image-size", type=image_size_arg, metavar="N|HxW",
+                        help="imagefolder: data only: resize every image to N x N or H x W pixels "
+                             "(bilinear; default: the size of the first image, in id order)")
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """``--image-size`` as argparse reads it: ``N`` or ``HxW``, as (H, W)."""
+    from sisa.data.folders import parse_image_size
+
+    try:
+        return parse_image_size(text)
+    except SisaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 SETTINGS_FLAGS = ("shards", "slices", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
@@ -83,7 +96,8 @@ def dataset_and_settings(args: argparse.Namespace):
     from sisa.settings import Settings
 
     dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
-                   test_spec=args.test_data, test_fraction=args.test_fraction)
+                   test_spec=args.test_data, test_fraction=args.test_fraction,
+                   image_size=getattr(args, "image_size", None))
     chosen: dict[str, Any] = dict(dataset.defaults)
     chosen.update({k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None})
     return dataset, Settings(**chosen)
@@ -173,3 +187,23 @@ def recover_first(args: argparse.Namespace, env: Environment) -> None:
 def retrain_progress(record) -> None:
     info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
          f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
+
+
+def add_model_change_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accept-model-change", action="store_true",
+                        help="a model of your own (package.module:factory) whose source file changed since "
+                             "the workspace recorded it: record the new source and retrain with it (the "
+                             "retrained shards are then no longer bit-identical to training without the rows "
+                             "under the old code)")
+
+
+def accept_model_change_if_asked(args: argparse.Namespace, env: Environment, workspace) -> None:
+    """With ``--accept-model-change``: record the model's current source before anything retrains."""
+    if not getattr(args, "accept_model_change", False):
+        return
+    from sisa.ops.commit import accept_model_change
+
+    with locked(args, env, exclusive=True):
+        change = accept_model_change(workspace)
+    if change:
+        info(f"accepted the changed model source (was sha256 {str(change['previous_sha256'])[:12]}...)")

@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from sisa.cli import (
+    add,
     audit,
     compare,
     delete,
     evaluate,
+    history,
+    locate,
     predict,
+    receipt,
     recover,
     repair,
+    revert,
     serve,
     status,
     train,
@@ -33,8 +38,9 @@ from sisa.serve.client import Request
 
 def commands() -> tuple[Subcommand, ...]:
     """Every subcommand, in the order ``sisa --help`` lists them."""
-    return (train.Train(), delete.Delete(), status.Status(), evaluate.Eval(), predict.Predict(),
-            recover.Recover(), audit.Audit(), repair.Repair(), compare.Compare(), serve.Serve(run_request))
+    return (train.Train(), add.Add(), delete.Delete(), revert.Revert(), status.Status(), history.History(),
+            receipt.Receipt(), locate.Locate(), evaluate.Eval(), predict.Predict(), recover.Recover(),
+            audit.Audit(), repair.Repair(), compare.Compare(), serve.Serve(run_request))
 
 
 class _Parser(argparse.ArgumentParser):

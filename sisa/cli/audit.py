@@ -19,6 +19,9 @@ class Audit(Subcommand):
                        help="check these ids (default: every deleted id); repeat to add more")
         p.add_argument("--replay", action="store_true",
                        help="also retrain the affected shards from scratch and compare bit for bit")
+        p.add_argument("--receipt", metavar="FILE",
+                       help="verify a deletion receipt (sisa receipt) against the workspace now: unchanged, "
+                            "none of its ids anywhere, every checkpoint it names live or replaced since")
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
@@ -29,6 +32,8 @@ class Audit(Subcommand):
         workspace = Workspace(args.workdir)
         id_kind = workspace.manifest().data.id_kind
         recover_first(args, env)
+        if args.receipt is not None:
+            return _verify(args, env, workspace)
         ids = None
         if args.ids is not None:
             ids = parse_ids([i for text in args.ids for i in split_ids(text)], id_kind)
@@ -43,3 +48,26 @@ class Audit(Subcommand):
             text = "audit FAILED:\n" + "\n".join(f"  {p}" for p in result["problems"])
         emit(args, result, text)
         return 0 if result["ok"] else 1
+
+
+def _verify(args: argparse.Namespace, env: Environment, workspace) -> int:
+    from pathlib import Path
+
+    from sisa.errors import SisaError
+    from sisa.ops.history import load_receipt, verify_receipt
+
+    if args.ids is not None or args.replay:
+        raise SisaError("--receipt checks the receipt's own ids; it takes no --ids or --replay")
+    try:
+        text = Path(args.receipt).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SisaError(f"cannot read --receipt {args.receipt}: {exc}") from None
+    with locked(args, env, exclusive=False):
+        result = verify_receipt(workspace, load_receipt(text, args.receipt))
+    if result["ok"]:
+        text = (f"receipt verified: request {result['request']}'s {result['checked_ids']} id(s) are absent from "
+                f"the workspace and every checkpoint it names is live or was replaced since")
+    else:
+        text = "receipt verification FAILED:\n" + "\n".join(f"  {p}" for p in result["problems"])
+    emit(args, result, text)
+    return 0 if result["ok"] else 1

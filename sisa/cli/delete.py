@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 
 from sisa.cli._common import (
+    accept_model_change_if_asked,
     add_common,
     add_executor_args,
+    add_model_change_arg,
     emit,
     executor_from,
     fmt_seconds,
@@ -80,12 +82,16 @@ class Delete(Subcommand):
         p.add_argument("--ids-file", metavar="PATH", action="append",
                        help="one id per line, or a .csv/.parquet file with the id column; repeat "
                             "the flag to add more (ids of every --ids and --ids-file are deleted)")
+        p.add_argument("--reference", metavar="TEXT",
+                       help="your reference for the request (a ticket id), stored with it and shown by "
+                            "'sisa history' and its receipt")
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         p.add_argument("--ignore-missing", action="store_true",
                        help="skip ids that are not in the training data instead of failing")
         p.add_argument("--no-serve", action="store_true",
                        help="run in this process even when a `sisa serve` answers on the workspace")
         add_executor_args(p)
+        add_model_change_arg(p)
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
@@ -93,6 +99,7 @@ class Delete(Subcommand):
         from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
+        accept_model_change_if_asked(args, env, workspace)
         data = workspace.manifest().data
         ids = parse_ids(read_ids(args, data.source_value("id_col", "id")), data.id_kind)
         asked = len(dict.fromkeys(ids))
@@ -142,9 +149,10 @@ def _delete(args: argparse.Namespace, env: Environment, workspace, ids: list, as
     executor = executor_from(args, env)
     with locked(args, env, exclusive=True):
         result = delete(workspace, ids, ignore_missing=args.ignore_missing, executor=executor,
-                        progress=retrain_progress)
+                        progress=retrain_progress, reference=args.reference)
+    request = f" (request {result['request']})" if "request" in result else ""
     lines = [f"deleted {len(result['deleted'])} of {asked} id(s) asked for in "
-             f"{fmt_seconds(result['seconds'])}"]
+             f"{fmt_seconds(result['seconds'])}{request}"]
     lines += [f"  shard {r['shard']}: retrained {r['slices']} slice(s) from slice {r['from_slice']} "
               f"({r['samples']} samples, {r['sample_passes']} sample-passes)"
               for r in result["retrained"]]

@@ -42,7 +42,7 @@ class Predict(Subcommand):
         like = Dataset(data.source_value("spec"), None, None, tuple(data.shape), ensemble.classes,
                        feature_names=ensemble.feature_names)
         options = LoadOptions(data.source_value("id_col", "id"), data.source_value("label_col", "label"),
-                              data.source_value("test_fraction", 0.2))
+                              data.source_value("test_fraction", 0.2), data.source_value("image_size"))
         rows = load_rows(args.input, like, options, need_labels=False, what="input", need_ids=False)
         proba = ensemble.predict_proba(rows.X)
         classes = ensemble.classes

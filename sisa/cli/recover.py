@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from sisa.cli._common import (
+    accept_model_change_if_asked,
     add_common,
     add_executor_args,
+    add_model_change_arg,
     emit,
     executor_from,
     finish_pending,
@@ -22,12 +24,14 @@ class Recover(Subcommand):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         add_executor_args(p)
+        add_model_change_arg(p)
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
+        accept_model_change_if_asked(args, env, workspace)
         shards = finish_pending(args, env, workspace, executor=executor_from(args, env))
         workspace.manifest()
         emit(args, {"retrained_shards": shards},

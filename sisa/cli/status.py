@@ -27,13 +27,16 @@ class Status(Subcommand):
         s, env = status["settings"], status["environment"] or {}
         lines = [
             f"workspace {status['workdir']}: {status['data']['spec']}, {status['n_train']} training "
-            f"rows, {status['data']['n_test']} test rows",
+            f"rows, {status['data']['n_test']} test rows, version {status['version']}",
             "settings: " + " ".join(f"{k}={v}" for k, v in s.items()),
             "numerics: " + ", ".join(f"{k} {v}" for k, v in env.items()),
             f"deletions: {status['deletions']['deleted_ids']} ids deleted, "
             f"{status['deletions']['pending']} request(s) pending",
             "shard  samples  per slice",
         ]
+        if status["added_batches"]:
+            lines.insert(2, "added: " + ", ".join(f"version {b['version']}: {b['rows']} rows in {b['slices']} "
+                                                  f"slice(s)" for b in status["added_batches"]))
         for shard, (n, per_slice) in enumerate(zip(status["samples_per_shard"], status["samples_per_slice"])):
             lines.append(f"{shard:5d}  {n:7d}  {' '.join(str(c) for c in per_slice)}")
         bad = [c for c in status["checkpoints"] if not c["ok"]]

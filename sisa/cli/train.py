@@ -59,7 +59,9 @@ class Train(Subcommand):
             summary = train_workspace(
                 args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
                 source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
-                        "test_fraction": args.test_fraction},
+                        "test_fraction": args.test_fraction,
+                        "image_size": list(dataset.shape[1:]) if dataset.spec.startswith("imagefolder:")
+                        else None},
                 discard_deletions=args.discard_deletions)
         return self._report(args, dataset, settings, summary)
 

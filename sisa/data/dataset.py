@@ -65,6 +65,8 @@ class LoadOptions:
     id_col: str = "id"
     label_col: str = "label"
     test_fraction: float = DEFAULT_TEST_FRACTION
+    image_size: Optional[tuple[int, int]] = None
+    """(H, W) that ``imagefolder:`` resizes images to; None: the first image's size."""
 
 
 def check_features(X: np.ndarray, what: str) -> None:

@@ -5,25 +5,36 @@ Specs:
     ``fashion-mnist[:DIR]``, ``mnist[:DIR]``, ``cifar10[:DIR]``
                                       the image datasets, from files on disk
     ``parquet:PATH``, ``csv:PATH``    a table with an id column, a label column and numeric features
+    ``imagefolder:DIR``               images as DIR/<class name>/<image file> (torchvision's
+                                      ImageFolder layout); ids are the files' paths under DIR
+                                      ("cat/001.png"), labels the class folders' names. Fixed
+                                      transform: the first image (in id order) decides 1 channel
+                                      (grayscale) or 3 (RGB); every image is converted to it and
+                                      resized (PIL BILINEAR) to ``--image-size`` (N or HxW, default
+                                      the first image's size), kept as uint8 (C, H, W), scale 1/255;
+                                      see :mod:`sisa.data.folders`
 
 Every training row carries a stable id: the id column of a table, the index in the original
-split for the built-in datasets. Features are kept as stored (uint8 pixels stay uint8) with a
-fixed ``scale`` applied at training time; nothing is fitted on the training rows, because a
-fitted transform would remember rows after they are deleted.
+split for the built-in datasets, the file's path under DIR for an image folder. Features are
+kept as stored (uint8 pixels stay uint8) with a fixed ``scale`` applied at training time;
+nothing is fitted on the training rows, because a fitted transform would remember rows after
+they are deleted.
 
-The sources themselves live in :mod:`sisa.data.images` and :mod:`sisa.data.tables`, the row
-types and shared checks in :mod:`sisa.data.dataset`; this module names them all.
+The sources themselves live in :mod:`sisa.data.images`, :mod:`sisa.data.folders` and
+:mod:`sisa.data.tables`, the row types and shared checks in :mod:`sisa.data.dataset`; this
+module names them all.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from sisa.data import images, tables
+from sisa.data import folders, images, tables
 from sisa.data.dataset import (
     DEFAULT_TEST_FRACTION,
     Dataset,
@@ -49,14 +60,17 @@ SOURCES.register("mnist")(images.idx_source("mnist", "MNIST", None, DATASET_DEFA
 SOURCES.register("cifar10")(images.cifar10)
 SOURCES.register("csv")(tables.csv_source)
 SOURCES.register("parquet")(tables.parquet_source)
+SOURCES.register("imagefolder")(folders.imagefolder)
 
 
 def load(spec: str, *, id_col: str = "id", label_col: str = "label",
-         test_spec: Optional[str] = None, test_fraction: float = DEFAULT_TEST_FRACTION) -> Dataset:
+         test_spec: Optional[str] = None, test_fraction: float = DEFAULT_TEST_FRACTION,
+         image_size: Any = None) -> Dataset:
     """Load the source named by ``spec``; ``test_spec`` names a separate evaluation set.
 
     Without ``test_spec`` the source's own test split is used, or else a fraction of the
-    rows chosen by a hash of their id (stable whatever the order or the seed).
+    rows chosen by a hash of their id (stable whatever the order or the seed). ``image_size``
+    (N or (H, W)) is the size ``imagefolder:`` images are resized to.
 
     >>> ds = load("digits")
     >>> len(ds.train) + len(ds.test), ds.shape, len(ds.classes)
@@ -64,8 +78,12 @@ def load(spec: str, *, id_col: str = "id", label_col: str = "label",
     """
     if not 0 < test_fraction < 1:
         raise SisaError(f"test fraction must be between 0 and 1, got {test_fraction}")
-    options = LoadOptions(id_col, label_col, test_fraction)
     name, arg = parse_spec(spec)
+    if image_size is not None:
+        if name != "imagefolder":
+            raise SisaError("--image-size applies to imagefolder: data only")
+        image_size = folders.parse_image_size(image_size)
+    options = LoadOptions(id_col, label_col, test_fraction, image_size)
     dataset = SOURCES.get(name)(arg, options)
     dataset.spec = spec
     if test_spec is not None:
@@ -84,7 +102,8 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
               what: str, need_ids: bool = True) -> Table:
     """Rows of ``spec`` shaped like ``like``'s training rows (for test data and prediction).
 
-    Tables are matched by feature name; the built-in datasets give their test split.
+    Tables are matched by feature name; the built-in datasets give their test split; an image
+    folder gives all its images, in ``like``'s channel count and size.
     """
     name, arg = parse_spec(spec)
     if name in ("csv", "parquet"):
@@ -92,6 +111,8 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
             raise SisaError(f"{what} {spec} is a table, but the model was trained on {like.spec} images")
         table, _ = tables.read_table(name, arg, options, need_labels=need_labels, what=what,
                                      features=like.feature_names, need_ids=need_ids)
+    elif name == "imagefolder":
+        table = _folder_rows(spec, arg, like, options, what)
     else:
         other = load(spec, id_col=options.id_col, label_col=options.label_col,
                      test_fraction=options.test_fraction)
@@ -102,9 +123,19 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
     return table
 
 
+def _folder_rows(spec: str, arg: Optional[str], like: Dataset, options: LoadOptions, what: str) -> Table:
+    """Every image of a folder, read in the channel count and size ``like`` was trained on."""
+    if len(like.shape) != 3 or like.shape[0] not in (1, 3):
+        raise SisaError(f"{what} {spec} is an image folder, but the model was trained on rows of shape "
+                        f"{tuple(like.shape)}, not 1- or 3-channel images")
+    sized = replace(options, image_size=(int(like.shape[1]), int(like.shape[2])))
+    return folders.read_folder(arg, sized, channels=int(like.shape[0]), min_classes=1).train
+
+
 def parse_spec(spec: str) -> tuple[str, Optional[str]]:
     if not isinstance(spec, str) or not spec:
-        raise SisaError("empty data spec; use e.g. digits, fashion-mnist, csv:PATH or parquet:PATH")
+        raise SisaError("empty data spec; use e.g. digits, fashion-mnist, csv:PATH, parquet:PATH or "
+                        "imagefolder:DIR")
     name, sep, arg = spec.partition(":")
     if name not in SOURCES:
         suffix = Path(spec).suffix.lower()

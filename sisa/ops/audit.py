@@ -16,15 +16,19 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.ids import ids_digest, key_text
-from sisa.ops.commit import TEST_SHARD
-from sisa.settings import Settings
+from sisa.ops.commit import TEST_SHARD, check_model_source
 from sisa.training.executors import run_unit
 from sisa.training.jobs import DataSpec, ShardJob
 from sisa.training.numerics import environment_differences
 from sisa.workspace.files import Workspace, sha256_file
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
-from sisa.workspace.manifest import CheckpointRecord, CheckpointsManifest, DataFile
+from sisa.workspace.manifest import (
+    CheckpointRecord,
+    CheckpointsManifest,
+    DataFile,
+    WorkspaceManifest,
+)
 from sisa.workspace.orphans import orphan_files
 from sisa.workspace.rows import ShardRows
 from sisa.workspace.staging import (
@@ -136,6 +140,10 @@ class _Audit:
         """Retrain every shard that held a deleted id from scratch; it must give the same bits."""
         settings = self.manifest.settings
         differences = environment_differences(self.checkpoints.environment, settings)
+        try:
+            check_model_source(self.manifest)
+        except SisaError as exc:
+            differences.append(str(exc).split(". Retraining")[0])
         if differences:
             self.problems.append("cannot replay bit for bit on this machine: " + "; ".join(differences))
             return
@@ -143,8 +151,7 @@ class _Audit:
             if shard not in self.rows_by_shard:
                 self.problems.append(f"cannot replay shard {shard}: its shard file is damaged")
                 continue
-            problem = _replay_shard(self.workspace, self.manifest.shard(shard), self.checkpoints,
-                                    settings, self.spec)
+            problem = _replay_shard(self.workspace, self.manifest, self.manifest.shard(shard), self.checkpoints)
             self.replayed.append(shard)
             if problem:
                 self.problems.append(problem + self._version_hint())
@@ -177,8 +184,8 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
     return check.report()
 
 
-def _replay_shard(workspace: Workspace, entry: DataFile, checkpoints: CheckpointsManifest,
-                  settings: Settings, spec: DataSpec) -> Optional[str]:
+def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile,
+                  checkpoints: CheckpointsManifest) -> Optional[str]:
     shard = entry.shard
     live = {r.slice: r.sha256 for r in checkpoints.of_shard(shard)}
     if not entry.rows:
@@ -195,7 +202,7 @@ def _replay_shard(workspace: Workspace, entry: DataFile, checkpoints: Checkpoint
         except OSError as exc:
             raise SisaError(f"cannot copy {entry.file} for replay: {exc}") from None
         # as training ran it: alone, or in its vectorised group's position
-        result = run_unit([ShardJob(str(tmp), shard, settings, spec, entry.file, entry.sha256)])[0]
+        result = run_unit([ShardJob.for_shard(str(tmp), manifest, entry)])[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     fresh = {r.slice: r.sha256 for r in result.checkpoints}

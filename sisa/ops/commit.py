@@ -13,6 +13,7 @@ it first, so recovery after a crash is the same code as a deletion.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Iterable, Optional
 
 import numpy as np
@@ -20,11 +21,11 @@ import numpy as np
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import ids_digest, key_text
-from sisa.settings import Settings
+from sisa.models import model_source
 from sisa.training.executors import Executor, make_executor, verify_result
 from sisa.training.jobs import DataSpec, Progress, ShardJob
 from sisa.workspace.files import Workspace
-from sisa.workspace.ledger import Deleted, Ledger, read_ledger
+from sisa.workspace.ledger import Deleted, Ledger, read_ledger, read_open_versions
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import CheckpointRecord, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
@@ -48,6 +49,7 @@ def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = Non
         remove_scratch(workspace)
         if not workspace.ledger_path.exists():
             return []
+        complete_versions(workspace, executor=executor, progress=progress)
         return complete_requests(workspace, executor=executor, progress=progress)
 
 
@@ -57,9 +59,48 @@ def needs_recovery(workspace: Workspace) -> bool:
     if swap_path(workspace).exists() or scratch_folders(workspace):
         return True
     try:
-        return bool(read_ledger(workspace.ledger_path)[1])
+        return bool(read_ledger(workspace.ledger_path)[1]) or bool(read_open_versions(workspace.ledger_path))
     except SisaError:
         return True  # let the writer report it
+
+
+def complete_versions(workspace: Workspace, *, executor: Optional[Executor],
+                      progress: Optional[Progress]) -> None:
+    """Finish an add or revert that the shards manifest already names; abandon one it does
+    not (it never happened: the orphan sweep removes the files it had written)."""
+    with Ledger(workspace.ledger_path) as ledger:
+        for version in ledger.open_versions():
+            if workspace.manifest().version == version["version"]:
+                finish_version(workspace, version["version"], executor=executor, progress=progress)
+            else:
+                ledger.set_version_state([version["version"]], "abandoned")
+                remove_orphans(workspace)
+
+
+def ensure_base(ledger: Ledger, manifest: WorkspaceManifest) -> None:
+    """Record the workspace's training as its first version in a ledger from before versions."""
+    ledger.ensure_base(manifest.version, manifest.created, {"rows": manifest.data.n_train_initial,
+                                                            "slices": manifest.settings.slices})
+
+
+def finish_version(workspace: Workspace, version: int, *, executor: Optional[Executor],
+                   progress: Optional[Progress]) -> list[int]:
+    """Bring the checkpoints in line with the shard files of an add or revert the manifest
+    names (train the added slices; drop the reverted ones'), then mark it done, and the
+    versions a revert took out ``reverted``. Returns the shards trained."""
+    manifest = workspace.manifest()
+    shards = [e.shard for e in manifest.shards if e.rows]
+    before = {r.file for r in workspace.checkpoints().checkpoints}
+    retrain_shards(workspace, shards, executor=executor, progress=progress)
+    trained = sorted({r.shard for r in workspace.checkpoints().checkpoints if r.file not in before})
+    remove_orphans(workspace)
+    with Ledger(workspace.ledger_path) as ledger:
+        detail = next(v for v in ledger.versions() if v["version"] == version)
+        if detail["kind"] == "revert":
+            ledger.set_version_state(detail.get("removed", []), "reverted", {"reverted_by": version})
+        ledger.set_version_state([version], "done", {"n_train": manifest.data.n_train,
+                                                     "shards_trained": trained})
+    return trained
 
 
 TEST_SHARD = -1
@@ -82,12 +123,29 @@ def complete_requests(workspace: Workspace, *, executor: Optional[Executor],
         for shard in shards:
             _purge(workspace, shard, deleted)
         crash_point("before-retrain")
+        before = _live(workspace, shards)
+        started = time.perf_counter()
         retrain_shards(workspace, shards, executor=executor, progress=progress)
+        ledger.add_detail(requests, {"replaced": _replaced(before, _live(workspace, shards)),
+                                     "retrain_seconds": round(time.perf_counter() - started, 3),
+                                     "version": workspace.manifest().version})
         ledger.set_state(requests, "retrained")
         crash_point("before-commit")
         remove_orphans(workspace)
         ledger.set_state(requests, "committed")
         return shards
+
+
+def _live(workspace: Workspace, shards: list[int]) -> dict[tuple[int, int], str]:
+    """(shard, slice) -> sha256 of the live checkpoints of ``shards``."""
+    return {(r.shard, r.slice): r.sha256 for r in workspace.checkpoints().checkpoints if r.shard in shards}
+
+
+def _replaced(before: dict[tuple[int, int], str], after: dict[tuple[int, int], str]) -> list[dict]:
+    """Each checkpoint a deletion replaced: its shard, slice, old and new sha256 (old None
+    where a crashed run had already dropped it, new None where the shard is now empty)."""
+    return [{"shard": shard, "slice": slice_, "old": before.get((shard, slice_)), "new": after.get((shard, slice_))}
+            for shard, slice_ in sorted(set(before) | set(after)) if before.get((shard, slice_)) != after.get((shard, slice_))]
 
 
 def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> None:
@@ -114,7 +172,7 @@ def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> Non
         manifest = manifest.replace(test=new, data=data)
     else:
         new = dataclasses.replace(new, slice_rows=tuple(
-            np.bincount(rows.slice[keep], minlength=manifest.settings.slices).tolist()))
+            np.bincount(rows.slice[keep], minlength=manifest.n_slices).tolist()))
         manifest = manifest.with_shard(new)
         manifest = manifest.replace(data=dataclasses.replace(
             manifest.data, n_train=sum(e.rows for e in manifest.shards)))
@@ -124,38 +182,36 @@ def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> Non
         (workspace.shards_dir / entry.file).unlink(missing_ok=True)
 
 
-def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[CheckpointRecord],
-                  settings: Settings) -> int:
+def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[CheckpointRecord], slices: int) -> int:
     """Number of leading slices whose checkpoint exists and was trained on exactly these rows."""
     by_slice = {r.slice: r for r in records}
-    for slice_ in range(settings.slices):
+    for slice_ in range(slices):
         n = int(np.searchsorted(rows.slice, slice_, side="right"))
         record = by_slice.get(slice_)
         if record is None or record.ids_sha256 != ids_digest(rows.ids[:n]) \
                 or not workspace.verify_checkpoint(record):
             return slice_
-    return settings.slices
+    return slices
 
 
 def _drop_stale(workspace: Workspace, manifest: WorkspaceManifest, shard: int) -> Optional[ShardJob]:
-    """Drop the shard's checkpoints that no longer match its rows; the job that retrains the
-    rest (None when nothing is left to train)."""
-    settings, spec = manifest.settings, DataSpec.from_info(manifest.data)
+    """Drop the shard's checkpoints that no longer match its rows (and any past its last
+    slice, after a revert); the job that retrains the rest (None when nothing is left to train)."""
+    spec = DataSpec.from_info(manifest.data)
     entry = manifest.shard(shard)
     rows = workspace.read_data_file(entry.file, entry.sha256, spec.shape, spec.dtype)
     checkpoints = workspace.checkpoints()
     own = checkpoints.of_shard(shard)
-    valid = _valid_prefix(workspace, rows, own, settings) if entry.rows else 0
+    valid = _valid_prefix(workspace, rows, own, manifest.n_slices) if entry.rows else 0
     stale = [r for r in own if r.slice >= valid]
     if stale:
         workspace.save(checkpoints.without_records(stale))
         for r in stale:
             (workspace.checkpoints_dir / r.file).unlink(missing_ok=True)
-    if not entry.rows or valid == settings.slices:
+    if not entry.rows or valid == manifest.n_slices:
         return None
     start = next((r for r in own if r.slice == valid - 1), None)
-    return ShardJob(str(workspace.root.resolve()), shard, settings, spec, entry.file, entry.sha256,
-                    from_slice=valid, start=start, slice_rows=entry.slice_rows)
+    return ShardJob.for_shard(str(workspace.root.resolve()), manifest, entry, from_slice=valid, start=start)
 
 
 def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Optional[Executor] = None,
@@ -163,6 +219,8 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
     """Drop each shard's checkpoints that no longer match its rows and retrain from there."""
     manifest = workspace.manifest()
     jobs = [job for job in (_drop_stale(workspace, manifest, shard) for shard in shards) if job]
+    if jobs:
+        check_model_source(manifest)
 
     def record_progress(record: CheckpointRecord) -> None:
         if progress is not None:
@@ -172,3 +230,39 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
     for result in (executor or make_executor("local")).run(jobs, record_progress):
         verify_result(workspace, result)
         workspace.save(workspace.checkpoints().with_records(result.checkpoints))
+
+
+def check_model_source(manifest: WorkspaceManifest) -> None:
+    """Refuse to retrain with a model of the user's own whose source file changed since the
+    workspace recorded it: the new code would not give the bits training without the rows gives."""
+    recorded = manifest.model_source
+    if not recorded:
+        return
+    current = model_source(manifest.settings.model)
+    if current is None or current["sha256"] == recorded.get("sha256"):
+        return
+    raise SisaError(f"the source of model {manifest.settings.model!r} changed since the workspace recorded it: "
+                    f"{current['file']} has sha256 {current['sha256'][:12]}..., the workspace recorded "
+                    f"{str(recorded.get('sha256'))[:12]}... ({recorded.get('file')}). Retraining with other code "
+                    f"forgets the rows but is no longer bit-identical to training without them. Restore the "
+                    f"file, or pass --accept-model-change to record the new source and retrain with it")
+
+
+def accept_model_change(workspace: Workspace) -> Optional[dict]:
+    """Record the current source of the workspace's own model as its model from now on;
+    returns the change (None when nothing changed)."""
+    with workspace_lock(workspace.root, exclusive=True):
+        manifest = workspace.manifest()
+        recorded = manifest.model_source
+        current = model_source(manifest.settings.model)
+        if not recorded or current is None or current["sha256"] == recorded.get("sha256"):
+            return None
+        change = {"previous_sha256": recorded.get("sha256"), "accepted": _now_utc(), "version": manifest.version}
+        workspace.save(manifest.replace(model_source=dict(current, **change)))
+        return change
+
+
+def _now_utc() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -16,7 +16,12 @@ from sisa.data.partition import assign
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import key_text
-from sisa.ops.commit import TEST_SHARD, complete_pending
+from sisa.ops.commit import (
+    TEST_SHARD,
+    check_model_source,
+    complete_pending,
+    ensure_base,
+)
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
 from sisa.workspace.files import Workspace, file_ids
@@ -38,6 +43,7 @@ class Plan:
     samples: dict[int, int] = field(default_factory=dict)      # rows left in each affected shard
     slice_rows: dict[int, list[int]] = field(default_factory=dict)  # rows per slice after deletion
     epochs: list[int] = field(default_factory=list)            # epochs of each slice
+    base_slices: int = 0                                       # slices of the training (then added ones)
     estimate_seconds: float = 0.0
     slices_of: dict = field(default_factory=dict)              # id -> (shard, slice)
 
@@ -48,11 +54,14 @@ class Plan:
     def retrained(self, shard: int) -> dict[str, Any]:
         """What retraining ``shard`` costs: slice r trains on the rows of slices 0..r, so
         ``samples`` adds up each retrained slice's rows, ``sample_passes`` those times epochs."""
-        trained = np.cumsum(self.slice_rows[shard])
+        own = self.slice_rows[shard]
+        trained = np.cumsum(own)
         slices = range(self.from_slice[shard], len(trained))
+        # an added slice without rows of its own trains no epochs (ShardJob.epochs_of)
+        epochs = [0 if r >= self.base_slices and not own[r] else self.epochs[r] for r in range(len(own))]
         return {"shard": shard, "from_slice": self.from_slice[shard], "rows": self.samples[shard],
-                "slices": len(slices), "samples": int(sum(trained[r] for r in slices)),
-                "sample_passes": int(sum(trained[r] * self.epochs[r] for r in slices))}
+                "slices": len(slices), "samples": int(sum(trained[r] for r in slices if epochs[r])),
+                "sample_passes": int(sum(trained[r] * epochs[r] for r in slices))}
 
     def to_dict(self) -> dict[str, Any]:
         retrained = [self.retrained(s) for s in sorted(self.delete)]
@@ -77,7 +86,7 @@ def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool)
     manifest = workspace.manifest()
     settings = manifest.settings
     deleted = read_ledger(workspace.ledger_path)[0]  # a dry run must not even create the ledger
-    plan = Plan(epochs=settings.slice_epochs())
+    plan = Plan(epochs=list(manifest.schedule()), base_slices=settings.slices)
     unique = list(dict.fromkeys(ids))
     where = assign(unique, seed=settings.seed, shards=settings.shards, slices=settings.slices)
     wanted: dict[int, list] = {}
@@ -87,7 +96,7 @@ def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool)
         else:
             wanted.setdefault(int(where.shard[k]), []).append(value)
     for shard, candidates in sorted(wanted.items()):
-        _plan_shard(plan, workspace, manifest.shard(shard), candidates, settings.slices)
+        _plan_shard(plan, workspace, manifest.shard(shard), candidates, manifest.n_slices)
     if manifest.test and (plan.missing or plan.delete):
         _plan_test_rows(plan, workspace, manifest.test)
     _refuse_unsafe(plan, manifest, ignore_missing=ignore_missing)
@@ -139,23 +148,36 @@ def _refuse_unsafe(plan: Plan, manifest: WorkspaceManifest, *, ignore_missing: b
 
 
 def delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool = False,
-           executor: Optional[Executor] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
-    """Delete ``ids`` exactly; returns the plan's summary once the deletion is committed."""
+           executor: Optional[Executor] = None, progress: Optional[Progress] = None,
+           reference: Optional[str] = None) -> dict[str, Any]:
+    """Delete ``ids`` exactly; returns the plan's summary once the deletion is committed.
+    ``reference`` (a ticket id) is stored with the request for its history and receipt."""
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()
+                                  or len(reference) > 1000 or not reference.isprintable()):
+        raise SisaError("a reference is one line of printable text, at most 1000 characters")
     with workspace_lock(workspace.root, exclusive=True):
-        return _delete(workspace, ids, ignore_missing=ignore_missing, executor=executor, progress=progress)
+        return _delete(workspace, ids, ignore_missing=ignore_missing, executor=executor, progress=progress,
+                       reference=reference)
 
 
 def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, executor: Optional[Executor],
-            progress: Optional[Progress]) -> dict[str, Any]:
+            progress: Optional[Progress], reference: Optional[str]) -> dict[str, Any]:
     started = time.perf_counter()
     complete_pending(workspace, executor=executor, progress=progress)
     plan = _plan_deletion(workspace, ids, ignore_missing=ignore_missing)
+    result = plan.to_dict()
     if plan.ids:
+        check_model_source(workspace.manifest())  # before the request is recorded, not after
         with Ledger(workspace.ledger_path) as ledger:
-            ledger.add_request((k, shard, slice_) for k, (shard, slice_) in plan.slices_of.items())
+            ensure_base(ledger, workspace.manifest())  # the training, as the ledger's first version
+            result["request"] = ledger.add_request(
+                ((k, shard, slice_) for k, (shard, slice_) in plan.slices_of.items()), reference=reference,
+                detail={"asked": len(dict.fromkeys(map(key_text, ids))), "already_deleted": len(plan.already_deleted),
+                        "missing": len(plan.missing), "retrained": result["retrained"],
+                        "samples_retrained": result["samples_retrained"]})
         crash_point("after-ledger")
         complete_pending(workspace, executor=executor, progress=progress)
-    result = plan.to_dict()
+    result["reference"] = reference
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 

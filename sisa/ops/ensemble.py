@@ -52,7 +52,7 @@ class Ensemble:
         """
         last = {}
         for record in self.records:
-            if record.slice == self.settings.slices - 1 and record.shard not in self.pending_shards:
+            if record.slice == self.manifest.n_slices - 1 and record.shard not in self.pending_shards:
                 last[record.shard] = record
         if not last:
             raise SisaError("no shard has a trained model: every shard is empty or waiting for retraining")

@@ -100,10 +100,11 @@ def _rebuild_data(workspace: Workspace, manifest: WorkspaceManifest, damaged: li
 
     data, settings = manifest.data, manifest.settings
     source = load(data_spec, id_col=data.source_value("id_col", "id"), label_col=data.source_value("label_col", "label"),
-                  test_spec=data.source_value("test_spec"), test_fraction=data.source_value("test_fraction", 0.2))
+                  test_spec=data.source_value("test_spec"), test_fraction=data.source_value("test_fraction", 0.2),
+                  image_size=data.source_value("image_size"))
     deleted = set(read_ledger(workspace.ledger_path)[0])
     retrain: set[int] = set()
-    final = {r.shard: r for r in _recorded_checkpoints(workspace) if r.slice == settings.slices - 1}
+    final = {r.shard: r for r in _recorded_checkpoints(workspace) if r.slice == manifest.n_slices - 1}
 
     def keep(table):
         mask = np.array([key_text(v) not in deleted for v in table.ids.tolist()], dtype=bool)
@@ -118,6 +119,11 @@ def _rebuild_data(workspace: Workspace, manifest: WorkspaceManifest, damaged: li
             payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data.dtype))
             manifest = _replace(workspace, manifest, entry, payload, actions, retrain)
             continue
+        if manifest.batches:
+            raise SisaError(f"shard {entry.shard}'s file cannot be rebuilt from {data_spec}: the workspace took "
+                            f"in rows with 'sisa add' since it was trained, and which slice each of them sits in "
+                            f"depends on the batch it came in; restore the file from a backup, or retrain with "
+                            f"'sisa train --force'")
         train = keep(source.train)
         where = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
         rows = shard_order(where, entry.shard)
@@ -191,10 +197,9 @@ def _rebuild_checkpoints_manifest(workspace: Workspace, actions: list[str], reas
 def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile) -> list[CheckpointRecord]:
     """The shard's leading checkpoints found on disk under the names their id sets give them,
     each holding the shard, slice and sample count it should."""
-    settings = manifest.settings
     rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
     records = []
-    for slice_ in range(settings.slices):
+    for slice_ in range(manifest.n_slices):
         n = int(np.searchsorted(rows.slice, slice_, side="right"))
         digest = ids_digest(rows.ids[:n])
         name = workspace.checkpoint_name(entry.shard, slice_, digest)
@@ -202,7 +207,7 @@ def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry:
         if not path.exists():
             break
         record = CheckpointRecord(shard=entry.shard, slice=slice_, file=name, sha256=sha256_file(path) or "",
-                                  ids_sha256=digest, samples=n, epochs=settings.slice_epochs()[slice_])
+                                  ids_sha256=digest, samples=n, epochs=manifest.schedule()[slice_])
         try:
             counters = workspace.load_checkpoint(record)["counters"]
         except (SisaError, KeyError):

@@ -30,6 +30,10 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
                  "n_train": data.n_train, "n_test": data.n_test},
         "shards": settings.shards,
         "slices": settings.slices,
+        "version": manifest.version,
+        "added_batches": [{"version": b.version, "rows": b.rows, "slices": len(b.epochs), "epochs": list(b.epochs)}
+                          for b in manifest.batches],
+        "total_slices": manifest.n_slices,
         "n_train": data.n_train,
         "samples_per_shard": [e.rows for e in manifest.shards],
         "samples_per_slice": [list(e.slice_rows or ()) for e in manifest.shards],

@@ -18,13 +18,14 @@ from sisa.data.sources import Dataset, Table
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import id_order, ids_digest, key_text
-from sisa.models import build_model
+from sisa.models import build_model, model_source
+from sisa.ops.commit import ensure_base
 from sisa.ops.ensemble import Ensemble
 from sisa.settings import Settings
 from sisa.training.executors import Executor, make_executor, verify_result
-from sisa.training.jobs import DataSpec, Progress, ShardJob
+from sisa.training.jobs import Progress, ShardJob
 from sisa.workspace.files import Workspace
-from sisa.workspace.ledger import carry, read_ledger
+from sisa.workspace.ledger import Ledger, carry, read_ledger
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import (
     CheckpointsManifest,
@@ -78,7 +79,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
         given = _Input(dataset, settings, assignment, counts, labels, test_labels, dict(source or {}))
         records, summary_extra = _write_and_train(
             workspace, given, executor=executor, progress=progress,
-            carry_ledger=bool(deleted) and workspace.ledger_path.exists())
+            carry_ledger=not discard_deletions and workspace.ledger_path.exists())
     summary = {"workdir": str(workspace.root), "shards": settings.shards, "slices": settings.slices,
                "model": settings.model, "n_train": int(len(train)),
                "excluded_deleted": excluded, "deletions_discarded": bool(discard_deletions),
@@ -193,9 +194,15 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
         stage = Workspace(staging)
         manifest = _write_rows(stage, given)
         checkpoints, test_probas = _train_shards(stage, manifest, executor=executor, progress=progress)
-        if carry_ledger:
+        if carry_ledger:  # else the ledger is made by the first command that records something
             carried = carry(workspace.ledger_path, stage.ledger_path)
-            manifest = manifest.replace(data=dataclasses.replace(manifest.data, carried_deletions=carried))
+            with Ledger(stage.ledger_path) as ledger:
+                _record_base(workspace, ledger)
+                version = ledger.begin_version("train", {"rows": manifest.data.n_train,
+                                                         "slices": manifest.settings.slices,
+                                                         "spec": manifest.data.source_value("spec")}, state="done")
+            manifest = manifest.replace(data=dataclasses.replace(manifest.data, carried_deletions=carried),
+                                        version=version, base_version=version)
         stage.save(manifest)
         crash_point("before-swap")
         swap_in(workspace, staging)
@@ -209,6 +216,18 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
     ensemble = Ensemble(workspace)
     probas = np.stack([test_probas[r.shard] for r in ensemble.final_records()])
     return checkpoints.checkpoints, ensemble.evaluate(probas)
+
+
+def _record_base(workspace: Workspace, carried: Ledger) -> None:
+    """Give the ledger carried over the replaced workspace's training as a version, when that
+    workspace is from before versions were recorded, so that the history keeps it."""
+    try:
+        manifest = workspace.manifest()
+    except SisaError:  # a damaged workspace being replaced: its history starts at its requests
+        return
+    if not carried.versions():
+        ensure_base(carried, manifest)
+        carried.set_version_state([manifest.version], "replaced")
 
 
 def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
@@ -238,16 +257,14 @@ def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
                     source={"spec": dataset.spec, **given.source})
     return WorkspaceManifest(settings=settings, data=data, shards=tuple(shards), test=test_file,
                              created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                             sisa_version=__version__)
+                             sisa_version=__version__, model_source=model_source(settings.model))
 
 
 def _train_shards(stage: Workspace, manifest: WorkspaceManifest, *, executor, progress):
     """Train every shard of ``stage`` and write its checkpoints manifest; returns it and each
     shard's final test probabilities."""
-    spec = DataSpec.from_info(manifest.data)
     evaluate = (manifest.test.file, manifest.test.sha256) if manifest.test else None
-    jobs = [ShardJob(str(stage.root.resolve()), e.shard, manifest.settings, spec, e.file, e.sha256,
-                     slice_rows=e.slice_rows, evaluate=evaluate)
+    jobs = [ShardJob.for_shard(str(stage.root.resolve()), manifest, e, evaluate=evaluate)
             for e in manifest.shards if e.rows]
     records, environments, test_probas = [], [], {}
     for result in (executor or make_executor("local")).run(jobs, progress):

@@ -219,6 +219,9 @@ def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:
 
 def run_unit(unit: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
     """Run one unit of :func:`work_units`."""
+    from sisa.models import add_import_root
+
+    add_import_root(unit[0].import_root)  # a model of the user's own, where the driver found it
     if unit[0].settings.vectorise == 1:
         return [run_shard_job(job, progress) for job in unit]
     return run_group(unit, progress)

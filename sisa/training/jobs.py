@@ -10,7 +10,12 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from sisa.settings import Settings
-from sisa.workspace.manifest import CheckpointRecord, DataInfo
+from sisa.workspace.manifest import (
+    CheckpointRecord,
+    DataFile,
+    DataInfo,
+    WorkspaceManifest,
+)
 
 Progress = Callable[[CheckpointRecord], None]
 
@@ -58,12 +63,42 @@ class ShardJob:
     evaluate: Optional[tuple[str, str]] = None
     """(file, sha256) of the test rows: the job then also returns its final model's class
     probabilities on them, so evaluation runs where training ran (in parallel under Ray)."""
+    epochs: tuple[int, ...] = ()
+    """Epochs of every slice (:meth:`WorkspaceManifest.schedule`); empty: the settings' slices."""
+    import_root: Optional[str] = None
+    """Folder a worker imports a model of the user's own from (where the driver found it)."""
+
+    @classmethod
+    def for_shard(cls, workdir: str, manifest: WorkspaceManifest, entry: DataFile, **options: Any) -> "ShardJob":
+        """The job that trains ``entry``'s shard of the workspace ``manifest`` describes."""
+        from sisa.models import model_source
+
+        source = model_source(manifest.settings.model)
+        return cls(workdir, entry.shard, manifest.settings, DataSpec.from_info(manifest.data), entry.file,
+                   entry.sha256, slice_rows=entry.slice_rows or (), epochs=manifest.schedule(),
+                   import_root=source["root"] if source else None, **options)
+
+    def schedule(self) -> tuple[int, ...]:
+        return self.epochs or tuple(self.settings.slice_epochs())
+
+    def epochs_of(self, slice_: int, rows: int, own_rows: int) -> int:
+        """Epochs slice ``slice_`` trains on its ``rows`` (those of slices 0..slice_), of which
+        ``own_rows`` are its own. None without rows. A slice added by ``sisa add`` (past the
+        training's R) without rows of its own trains none either: its checkpoint is the one
+        before it again, so a batch that brings a shard nothing costs that shard nothing, and a
+        deletion that empties such a slice gives what adding the batch without the row gives.
+        (A slice of the training itself that is empty still trains its epochs on the rows
+        before it, as it always has.)"""
+        if not rows or (slice_ >= self.settings.slices and not own_rows):
+            return 0
+        return self.schedule()[slice_]
 
     def sample_passes(self) -> int:
         """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
-        rows = np.cumsum(self.slice_rows) if self.slice_rows else []
-        epochs = self.settings.slice_epochs()
-        return int(sum(rows[r] * epochs[r] for r in range(self.from_slice, len(rows))))
+        own = self.slice_rows or ()
+        rows = np.cumsum(own) if own else []
+        return int(sum(rows[r] * self.epochs_of(r, int(rows[r]), int(own[r]))
+                       for r in range(self.from_slice, len(rows))))
 
 
 @dataclass

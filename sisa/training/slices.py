@@ -166,7 +166,6 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
     workspace = Workspace(job.workdir)
     started = time.perf_counter()
     rows = workspace.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
-    slice_epochs = settings.slice_epochs()
     records = []
     # Optimizers import torch._dynamo on first use (about 2 s); importing it here keeps that
     # one-time cost out of the slice timings that deletion estimates are made from.
@@ -179,11 +178,11 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
         state = workspace.load_checkpoint(job.start) if job.start is not None else None
         if (state is None) != (job.from_slice == 0):
             raise ValueError("a job from slice 0 starts fresh; any later slice needs a start checkpoint")
-        for slice_ in range(job.from_slice, settings.slices):
+        for slice_ in range(job.from_slice, len(job.schedule())):
             slice_started = time.perf_counter()
             (model, optimizer, scheduler), counters = resume_training(settings, data, job.shard, state)
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
-            epochs = slice_epochs[slice_] if n else 0  # nothing to train on yet
+            epochs = job.epochs_of(slice_, n, n - int(np.searchsorted(rows.slice, slice_, side="left")))
             try:
                 crash_point("raise-in-slice")
                 steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,

@@ -112,7 +112,7 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> 
             m.state = workspace.load_checkpoint(m.job.start) if m.job.start is not None else None
             if (m.state is None) != (m.job.from_slice == 0):
                 raise ValueError("a job from slice 0 starts fresh; any later slice needs a start checkpoint")
-        for slice_ in range(min(m.job.from_slice for m in members), settings.slices):
+        for slice_ in range(min(m.job.from_slice for m in members), len(jobs[0].schedule())):
             _run_slice(workspace, members, slice_, X, y, progress)
             crash_point("worker-mid-shard")
         return [_result(workspace, m, environment, started) for m in members]
@@ -135,15 +135,18 @@ def _run_slice(workspace: Workspace, members: list[_Member], slice_: int, X, y,
     settings, data = members[0].job.settings, members[0].job.data
     slice_started = time.perf_counter()
     active = [m for m in members if m.job.from_slice <= slice_]
-    counts = {}
+    counts, trained = {}, {}
     for m in active:
         m.training, m.counters = resume_training(settings, data, m.job.shard, m.state)
         check_vectorisable(m.training[0])
         counts[m.position] = int(np.searchsorted(m.rows.slice, slice_, side="right"))
-    epochs = settings.slice_epochs()[slice_]
+        own = counts[m.position] - int(np.searchsorted(m.rows.slice, slice_, side="left"))
+        # a member whose slice trains no epochs (see ShardJob.epochs_of) takes part on no rows
+        trained[m.position] = counts[m.position] if m.job.epochs_of(slice_, counts[m.position], own) else 0
+    epochs = members[0].job.schedule()[slice_]
     try:
         crash_point("raise-in-slice")
-        steps = _train_group_slice(active, counts, X, y, settings=settings, data=data,
+        steps = _train_group_slice(active, trained, X, y, settings=settings, data=data,
                                    slice_=slice_, epochs=epochs)
     except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
         shards = ", ".join(str(m.job.shard) for m in active)
@@ -152,7 +155,7 @@ def _run_slice(workspace: Workspace, members: list[_Member], slice_: int, X, y,
     for m in active:
         n = counts[m.position]
         m.state, record = save_slice(workspace, m.job.shard, slice_, m.rows.ids[:n], m.training, m.counters,
-                                     epochs=epochs if n else 0, steps=steps[m.position])
+                                     epochs=epochs if trained[m.position] else 0, steps=steps[m.position])
         # seconds: what (re)training this slice of this shard costs, the whole group's
         # step; shared_by: how many shards that time trained at once
         record = dataclasses.replace(record, seconds=seconds, shared_by=len(active))

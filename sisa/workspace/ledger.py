@@ -1,21 +1,31 @@
-"""The deletion ledger: durable record of every deletion request, ids only.
+"""The ledger: durable record of every deletion request and every workspace version, ids only.
 
 SQLite in WAL mode with synchronous=FULL: once :meth:`Ledger.add_request` returns, the request
 survives a crash or power loss. Requests move pending -> retrained -> committed; a request is
 acknowledged to the user only once committed. The ledger never holds features or labels.
+
+Versions: every ``train``, ``add`` and ``revert`` is a numbered workspace version. An add or a
+revert is recorded ``pending`` before it changes anything; the shards manifest names the version
+its files are, so a crash leaves either a version the manifest names (finished on the next
+command) or one it does not (``abandoned``: its files are swept away). A version undone by a
+revert becomes ``reverted``; the versions a ``train --force`` replaced become ``replaced``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Optional
 
 from sisa.errors import SisaError
 
 STATES = ("pending", "retrained", "committed")
+VERSION_KINDS = ("train", "add", "revert")
+VERSION_STATES = ("pending", "done", "abandoned", "reverted", "replaced")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -30,7 +40,19 @@ CREATE TABLE IF NOT EXISTS deleted (
     shard INTEGER NOT NULL,
     slice INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('train', 'add', 'revert')),
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'abandoned', 'reverted', 'replaced')),
+    detail TEXT NOT NULL          -- JSON: rows, slices, epochs, the version reverted to...
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_REQUEST_COLUMNS = {"reference": "TEXT", "detail": "TEXT"}
+"""Columns added to ``requests`` after the first release; older ledgers get them on open."""
 
 
 def _refuse_links(path: Path) -> None:
@@ -58,7 +80,7 @@ def _prepare_file(path: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Ledger:
@@ -72,26 +94,34 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            for column, kind in _REQUEST_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise SisaError(f"cannot open the deletion ledger {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
 
-    def add_request(self, rows: Iterable[tuple[str, int, int]]) -> int:
-        """Record ids (canonical id, shard, slice) as one pending request; durable on return."""
+    def add_request(self, rows: Iterable[tuple[str, int, int]], *, reference: Optional[str] = None,
+                    detail: Optional[dict[str, Any]] = None) -> int:
+        """Record ids (canonical id, shard, slice) as one pending request, with the user's
+        ``reference`` (a ticket id) and the ``detail`` of what was asked; durable on return."""
         try:
-            return self._add_request(list(rows))
+            return self._add_request(list(rows), reference, detail or {})
         except sqlite3.Error as exc:  # a full disk: the transaction rolled back, nothing changed
             raise SisaError(f"cannot record the deletion request in {self.path}: {exc}; nothing was "
                             f"deleted") from None
 
-    def _add_request(self, rows: list[tuple[str, int, int]]) -> int:
+    def _add_request(self, rows: list[tuple[str, int, int]], reference: Optional[str],
+                     detail: dict[str, Any]) -> int:
         now = _now()
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             cursor = self._db.execute(
-                "INSERT INTO requests (created, updated, state) VALUES (?, ?, 'pending')", (now, now))
+                "INSERT INTO requests (created, updated, state, reference, detail) VALUES (?, ?, 'pending', ?, ?)",
+                (now, now, reference, json.dumps(detail, sort_keys=True)))
             request = cursor.lastrowid
             self._db.executemany("INSERT INTO deleted (id, request, shard, slice) VALUES (?, ?, ?, ?)",
                                  [(key, request, shard, slice_) for key, shard, slice_ in rows])
@@ -106,6 +136,67 @@ class Ledger:
         except sqlite3.Error as exc:  # the requests stay recorded; the next command finishes them
             raise SisaError(f"cannot update the deletion ledger {self.path}: {exc}; the deletion is "
                             f"recorded and the next sisa command on the workspace finishes it") from None
+
+    def add_detail(self, requests: Iterable[int], detail: dict[str, Any]) -> None:
+        """Merge ``detail`` (what the commit did: checkpoints replaced, seconds...) into the
+        requests' recorded detail."""
+        with self._db:
+            for request in requests:
+                row = self._db.execute("SELECT detail FROM requests WHERE request = ?", (request,)).fetchone()
+                merged = dict(_json(row[0] if row else None), **detail)
+                self._db.execute("UPDATE requests SET detail = ? WHERE request = ?",
+                                 (json.dumps(merged, sort_keys=True), request))
+
+    # ------------------------------------------------------------------------------- versions
+
+    def begin_version(self, kind: str, detail: dict[str, Any], *, state: str = "pending") -> int:
+        """Record a new workspace version (one more than any so far); durable on return."""
+        assert kind in VERSION_KINDS and state in VERSION_STATES
+        now = _now()
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                version = (self._db.execute("SELECT MAX(version) FROM versions").fetchone()[0] or 0) + 1
+                self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+                                 (version, kind, now, now, state, json.dumps(detail, sort_keys=True)))
+        except sqlite3.Error as exc:
+            raise SisaError(f"cannot record the new workspace version in {self.path}: {exc}; nothing "
+                            f"was changed") from None
+        return version
+
+    def ensure_base(self, version: int, created: str, detail: dict[str, Any]) -> None:
+        """Record the workspace's training as ``version`` when the ledger has no versions yet
+        (a workspace from before versions were recorded)."""
+        with self._db:
+            if self._db.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 0:
+                self._db.execute("INSERT INTO versions VALUES (?, 'train', ?, ?, 'done', ?)",
+                                 (version, created or _now(), created or _now(), json.dumps(detail, sort_keys=True)))
+
+    def set_version_state(self, versions: Iterable[int], state: str, detail: Optional[dict[str, Any]] = None) -> None:
+        assert state in VERSION_STATES
+        with self._db:
+            for version in versions:
+                row = self._db.execute("SELECT detail FROM versions WHERE version = ?", (version,)).fetchone()
+                merged = dict(_json(row[0] if row else None), **(detail or {}))
+                self._db.execute("UPDATE versions SET state = ?, updated = ?, detail = ? WHERE version = ?",
+                                 (state, _now(), json.dumps(merged, sort_keys=True), version))
+
+    def versions(self) -> list[dict[str, Any]]:
+        return _versions(self._db)
+
+    def salt(self) -> str:
+        """The workspace's secret salt for hashing ids in receipts (made on first use)."""
+        with self._db:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'id-salt'").fetchone()
+            if row:
+                return row[0]
+            value = secrets.token_hex(32)
+            self._db.execute("INSERT INTO meta VALUES ('id-salt', ?)", (value,))
+            return value
+
+    def open_versions(self) -> list[dict[str, Any]]:
+        """Versions begun but neither finished nor abandoned, oldest first."""
+        return [v for v in _versions(self._db) if v["state"] == "pending"]
 
     def open_requests(self) -> list[int]:
         """Requests not yet committed, oldest first."""
@@ -151,6 +242,64 @@ def read_ledger(path: Path) -> tuple[dict[str, Deleted], list[int]]:
 def read_pending(path: Path) -> dict[str, Deleted]:
     """Deleted ids of requests not yet committed (read-only)."""
     return _read_only(path, lambda db: _deleted(db, _PENDING), {})
+
+
+def read_open_versions(path: Path) -> list[dict[str, Any]]:
+    """Versions begun and not finished (read-only): a crashed add or revert."""
+    return [v for v in read_versions(path) if v["state"] == "pending"]
+
+
+def read_versions(path: Path) -> list[dict[str, Any]]:
+    """Every recorded workspace version, oldest first (read-only)."""
+    return _read_only(path, lambda db: _versions(db) if _has_table(db, "versions") else [], [])
+
+
+def read_requests(path: Path) -> list[dict[str, Any]]:
+    """Every deletion request, oldest first, with its ids and where each was (read-only)."""
+    return _read_only(path, _requests, [])
+
+
+def read_salt(path: Path) -> Optional[str]:
+    """The workspace's id salt, or None while no receipt has needed one (read-only)."""
+    def query(db):
+        if not _has_table(db, "meta"):
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key = 'id-salt'").fetchone()
+        return row[0] if row else None
+
+    return _read_only(path, query, None)
+
+
+def _json(text: Optional[str]) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _versions(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [{"version": v, "kind": kind, "created": created, "updated": updated, "state": state, **_json(detail)}
+            for v, kind, created, updated, state, detail in db.execute(
+                "SELECT version, kind, created, updated, state, detail FROM versions ORDER BY version")]
+
+
+def _requests(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    extra = ", reference, detail" if "reference" in columns else ", NULL, NULL"
+    out = {}
+    for request, created, updated, state, reference, detail in db.execute(
+            "SELECT request, created, updated, state" + extra + " FROM requests ORDER BY request"):
+        out[request] = {"request": request, "created": created, "updated": updated, "state": state,
+                        "reference": reference, **_json(detail), "ids": []}
+    for key, request, shard, slice_ in db.execute("SELECT id, request, shard, slice FROM deleted ORDER BY rowid"):
+        if request in out:
+            out[request]["ids"].append((key, shard, slice_))
+    return list(out.values())
 
 
 def read_counts(path: Path) -> dict[str, int]:
@@ -219,5 +368,8 @@ def carry(old: Path, new: Path) -> int:
             # a request still open in the old workspace is complete in the new one: its ids were
             # left out of the training and the test rows
             ledger._db.execute("UPDATE requests SET state = 'committed', updated = ? WHERE state != 'committed'",
+                               (_now(),))
+            ledger._db.execute("UPDATE versions SET state = 'replaced', updated = ? WHERE state = 'done'", (_now(),))
+            ledger._db.execute("UPDATE versions SET state = 'abandoned', updated = ? WHERE state = 'pending'",
                                (_now(),))
         return ledger._db.execute("SELECT COUNT(*) FROM deleted").fetchone()[0]

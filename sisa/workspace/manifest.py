@@ -69,7 +69,7 @@ class DataFile:
                    slice_rows=None if slice_rows is None else tuple(int(n) for n in slice_rows))
 
 
-SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col")
+SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col", "image_size")
 """Where the rows came from; recorded by the CLI (``repair --data`` reloads from them), absent
 for arrays passed in Python."""
 
@@ -129,8 +129,32 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Rows taken in by ``sisa add`` as workspace ``version``: ``len(epochs)`` slices at the end
+    of every shard, slice i of them trained ``epochs[i]`` epochs."""
+
+    version: int
+    epochs: tuple[int, ...]
+    rows: int
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "epochs": list(self.epochs), "rows": self.rows, "created": self.created}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Batch":
+        return cls(version=int(obj["version"]), epochs=tuple(int(e) for e in obj["epochs"]),
+                   rows=int(obj["rows"]), created=obj.get("created", ""))
+
+
+@dataclass(frozen=True)
 class WorkspaceManifest:
-    """``shards/manifest.json``: settings, data description, shard files and the test file."""
+    """``shards/manifest.json``: settings, data description, shard files and the test file.
+
+    ``version`` is the workspace version these files are (1 for the first training; every
+    train, add and revert makes a new one, recorded in the ledger). The first training's
+    ``settings.slices`` slices come first in every shard, then each added :class:`Batch`'s.
+    """
 
     settings: Settings
     data: DataInfo
@@ -139,6 +163,25 @@ class WorkspaceManifest:
     created: str
     sisa_version: Optional[str] = None
     format: str = WORKSPACE_FORMAT
+    version: int = 1
+    base_version: int = 1
+    """The version of the training the batches were added to."""
+    batches: tuple[Batch, ...] = ()
+    model_source: Optional[dict[str, Any]] = None
+    """A model of the user's own (``package.module:factory``): its module file and that file's
+    sha256 when the workspace was trained (or a change was accepted); None for built-in models."""
+
+    def schedule(self) -> tuple[int, ...]:
+        """Epochs of every slice: the training's, then each added batch's."""
+        return tuple(self.settings.slice_epochs()) + tuple(e for b in self.batches for e in b.epochs)
+
+    @property
+    def n_slices(self) -> int:
+        return self.settings.slices + sum(len(b.epochs) for b in self.batches)
+
+    def slice_versions(self) -> list[int]:
+        """The version that brought in each slice's rows."""
+        return [self.base_version] * self.settings.slices + [b.version for b in self.batches for _ in b.epochs]
 
     def shard(self, shard: int) -> DataFile:
         """The entry of ``shard`` (entries are indexed by shard number)."""
@@ -164,6 +207,11 @@ class WorkspaceManifest:
                "test": self.test.to_json() if self.test else None}
         if self.sisa_version is not None:
             out["sisa_version"] = self.sisa_version
+        if self.model_source is not None:
+            out["model_source"] = self.model_source
+        if self.version != 1 or self.base_version != 1 or self.batches:  # as early workspaces, else
+            out.update(version=self.version, base_version=self.base_version,
+                       batches=[b.to_json() for b in self.batches])
         return out
 
     @classmethod
@@ -174,7 +222,10 @@ class WorkspaceManifest:
                        shards=tuple(DataFile.from_json(e) for e in obj["shards"]),
                        test=DataFile.from_json(obj["test"]) if obj.get("test") else None,
                        created=obj.get("created", ""), sisa_version=obj.get("sisa_version"),
-                       format=obj["format"])
+                       format=obj["format"], version=int(obj.get("version", 1)),
+                       base_version=int(obj.get("base_version", 1)),
+                       batches=tuple(Batch.from_json(b) for b in obj.get("batches", ())),
+                       model_source=obj.get("model_source"))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SisaError):
                 raise

@@ -81,3 +81,15 @@ def test_vectorised_smoke(tmp_path):
     assert [r["vectorise"] for r in result["rows"]] == [1, 2]
     assert all(0 < r["accuracy"] <= 1 and r["train_seconds"] > 0 and r["delete_seconds"] > 0 for r in result["rows"])
     assert "| 2 |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_add_smoke(tmp_path):
+    run("add.py", "--data", "digits", "--shards", "2", "--slices", "2", "--epochs", "2", "--fraction", "0.1",
+        "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["rows_added"] + result["rows_first"] == 1437  # digits' training rows
+    assert 0 < result["add"]["train_seconds"] and 0 < result["add"]["accuracy"] <= 1
+    assert result["speedup_train"] == round(result["retrain_everything"]["train_seconds"]
+                                            / result["add"]["train_seconds"], 2)
+    assert result["date"] and "add.py" in result["command"]
+    assert "retrain everything" in (tmp_path / "smoke.md").read_text()

@@ -258,7 +258,7 @@ def test_a_full_disk_during_the_ledger_commit(small_trained, tmp_path, monkeypat
     ws = copy_workspace(small_trained, tmp_path)
     before = tree(ws)
 
-    def full(self, rows):
+    def full(self, *args):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Ledger, "_add_request", full)

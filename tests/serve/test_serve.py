@@ -416,3 +416,22 @@ def test_the_client_forwards_to_its_own_server_with_a_long_path(tmp_path, capsys
     assert status == 0 and out.startswith("deleted 1 id(s)"), err
     assert json.loads(fake.received[0])["argv"][-1] == "4242"
     assert os.getcwd() == before
+
+
+def test_a_model_of_ones_own_is_served(tmp_path):
+    """The server imports the workspace's own model (from the folder it was started in) and a
+    forwarded deletion gives the checkpoints an in-process one gives."""
+    (tmp_path / "own_model.py").write_text(
+        "from torch import nn\n\n\ndef net(shape, n_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes))\n")
+    for name in ("served", "local"):
+        assert sisa("train", "--model", "own_model:net", "--workdir", name, *FLAGS, cwd=tmp_path).returncode == 0
+    server = ServerProcess(tmp_path / "served", cwd=tmp_path)
+    try:
+        forwarded = sisa("delete", "--workdir", "served", "--ids", "5,40", cwd=tmp_path)
+        assert forwarded.returncode == 0, forwarded.stderr
+    finally:
+        code, _, log = server.stop()
+    assert "-> exit 0" in log
+    assert sisa("delete", "--workdir", "local", "--ids", "5,40", "--no-serve", cwd=tmp_path).returncode == 0
+    assert checkpoint_shas(tmp_path / "served") == checkpoint_shas(tmp_path / "local")

@@ -1,0 +1,64 @@
+"""``sisa add``: take in new rows as new slices, training only those slices."""
+
+from __future__ import annotations
+
+import argparse
+
+from sisa.cli._common import (
+    accept_model_change_if_asked,
+    add_common,
+    add_executor_args,
+    add_model_change_arg,
+    emit,
+    executor_from,
+    fmt_seconds,
+    locked,
+    retrain_progress,
+)
+from sisa.cli.base import Environment, Subcommand
+
+
+class Add(Subcommand):
+    name = "add"
+    help = "take in new training rows incrementally"
+    description = ("Add rows to a trained workspace: each goes to its shard by the same keyed hash as the "
+                   "training's rows, and the rows become new slices at the end of every shard; each "
+                   "shard resumes from its last checkpoint and trains only the new slices. The ids must be "
+                   "new: ids present already, or deleted earlier, are refused. Makes a new workspace "
+                   "version ('sisa revert' takes it out again).")
+    path_args = ("workdir",)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", required=True, metavar="SPEC",
+                       help="the new rows: csv:PATH, parquet:PATH (same feature columns as the training "
+                            "data) or imagefolder:DIR; every row is a training row")
+        p.add_argument("--id-col", help="id column of a table (default: the training's)")
+        p.add_argument("--label-col", help="label column of a table (default: the training's)")
+        p.add_argument("--slices", type=int, default=1, metavar="K",
+                       help="new slices the rows are split into (by a hash of the id; default 1)")
+        p.add_argument("--epochs", type=int, metavar="E",
+                       help="epochs of each new slice (default: those of the training's last slice)")
+        add_executor_args(p)
+        add_model_change_arg(p)
+        add_common(p)
+
+    def run(self, args: argparse.Namespace, env: Environment) -> int:
+        from sisa.data.batches import load_batch
+        from sisa.ops.lifecycle import add_rows
+        from sisa.workspace.files import Workspace
+
+        workspace = Workspace(args.workdir)
+        accept_model_change_if_asked(args, env, workspace)
+        data = workspace.manifest().data
+        batch = load_batch(args.data, shape=data.shape, feature_names=data.feature_names,
+                           id_col=args.id_col or data.source_value("id_col", "id"),
+                           label_col=args.label_col or data.source_value("label_col", "label"),
+                           image_size=data.source_value("image_size"))
+        executor = executor_from(args, env)
+        with locked(args, env, exclusive=True):
+            result = add_rows(workspace, batch, slices=args.slices, epochs=args.epochs, spec=args.data,
+                              executor=executor, progress=retrain_progress)
+        emit(args, result, f"added {result['rows']} rows as version {result['version']}: {result['slices']} new "
+                           f"slice(s) of {result['epochs']} epoch(s) per shard, trained in "
+                           f"{fmt_seconds(result['seconds'])}; {result['n_train']} training rows now")
+        return 0

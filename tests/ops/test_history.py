@@ -1,0 +1,109 @@
+"""Receipts and ``locate``: what a data-protection officer is handed, and can check later."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import checkpoint_shas, make_table, run_cli
+
+from sisa.errors import SisaError
+from sisa.ops.history import receipt, seal, verify_receipt
+from sisa.workspace.files import Workspace
+
+
+@pytest.fixture
+def ws(tmp_path):
+    table = make_table(n=200, features=5)
+    pq.write_table(table.slice(0, 160), tmp_path / "d0.parquet")
+    pq.write_table(table.slice(160, 40), tmp_path / "d1.parquet")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 'd0.parquet'}", "--workdir", ws, "--shards", "2",
+                   "--slices", "2", "--epochs", "2", "--model", "logreg", "--test-fraction", "0.1").code == 0
+    assert run_cli("add", "--workdir", ws, "--data", f"parquet:{tmp_path / 'd1.parquet'}").code == 0
+    return ws
+
+
+def _train_id(ws) -> int:
+    return sorted(json.loads(run_cli("locate", "--workdir", ws, "--ids", "1000,1001,1002,1003,1004",
+                                     "--json").out)["ids"], key=lambda f: "where" in f)[0]["id"]
+
+
+def test_a_receipt_verifies_then_fails_after_tampering(ws, tmp_path):
+    first = _train_id(ws)
+    deleted = run_cli("delete", "--workdir", ws, "--ids", f"{first},1170", "--reference", "DPO-12", "--json")
+    assert deleted.code == 0 and deleted.json["request"] == 1
+    out = tmp_path / "receipt.json"
+    assert run_cli("receipt", "1", "--workdir", ws, "--output", out).code == 0
+    body = json.loads(out.read_text())
+    assert body["request"]["reference"] == "DPO-12" and sorted(body["ids"]) == sorted([first, 1170])
+    assert body["audit"]["ok"] and body["checkpoints_replaced"]
+    assert all(c["old"] != c["new"] for c in body["checkpoints_replaced"])
+    live = checkpoint_shas(ws)
+    assert all(live[(c["shard"], c["slice"])] == c["new"] for c in body["checkpoints_replaced"])
+    assert body["software"]["sisa"] and body["software"]["torch"] and body["software"]["numerics"]
+    assert run_cli("audit", "--workdir", ws, "--receipt", out).code == 0
+
+    # edited: the seal no longer matches
+    edited = dict(body, ids=[first])
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    failed = run_cli("audit", "--workdir", ws, "--receipt", tmp_path / "edited.json")
+    assert failed.code == 1 and "changed after it was issued" in failed.out
+    # edited and sealed again: a checkpoint it names was never live
+    forged = json.loads(json.dumps(body))
+    forged["checkpoints_replaced"][0]["new"] = "0" * 64
+    forged["seal"] = seal(forged)
+    result = verify_receipt(Workspace(ws), forged)
+    assert not result["ok"] and any("not live" in p for p in result["problems"])
+
+
+def test_a_receipt_stays_valid_when_a_later_request_replaces_its_checkpoints(ws):
+    ids = [i for i in range(1000, 1160) if i != _train_id(ws)]
+    run_cli("delete", "--workdir", ws, "--ids", str(_train_id(ws)))
+    body = receipt(Workspace(ws), 1)
+    # delete enough more ids that every shard retrains from slice 0
+    assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, ids[:40])), "--ignore-missing").code == 0
+    assert set(checkpoint_shas(ws).values()).isdisjoint({c["new"] for c in body["checkpoints_replaced"]})
+    assert verify_receipt(Workspace(ws), body)["ok"]
+    # a rolled-back ledger (the later request gone) would leave the receipt's checkpoints unexplained
+    body["checkpoints_replaced"][0]["new"] = "f" * 64
+    body["seal"] = seal(body)
+    assert not verify_receipt(Workspace(ws), body)["ok"]
+
+
+def test_salted_ids_keep_the_ids_out_of_the_receipt(ws, tmp_path):
+    first = _train_id(ws)
+    run_cli("delete", "--workdir", ws, "--ids", str(first))
+    result = run_cli("receipt", "1", "--workdir", ws, "--ids-as", "sha256")
+    body = json.loads(result.out)
+    assert body["ids"] is None and len(body["ids_sha256"]) == 1 and str(first) not in result.out
+    assert verify_receipt(Workspace(ws), body)["ok"]
+    again = receipt(Workspace(ws), 1, ids_as="sha256")
+    assert again["ids_sha256"] == body["ids_sha256"]  # one salt per workspace, kept
+
+
+def test_receipts_refuse_what_they_cannot_vouch_for(ws, tmp_path):
+    with pytest.raises(SisaError, match="no deletion request 3"):
+        receipt(Workspace(ws), 3)
+    bad = run_cli("audit", "--workdir", ws, "--receipt", tmp_path / "nope.json")
+    assert bad.code == 1 and "cannot read --receipt" in bad.err
+    (tmp_path / "x.json").write_text('{"format": "something else"}')
+    assert "not a sisa deletion receipt" in run_cli("audit", "--workdir", ws, "--receipt", tmp_path / "x.json").err
+    run_cli("delete", "--workdir", ws, "--ids", str(_train_id(ws)))
+    out = tmp_path / "r.json"
+    assert run_cli("receipt", "1", "--workdir", ws, "--output", out).code == 0
+    again = run_cli("receipt", "1", "--workdir", ws, "--output", out)
+    assert again.code == 1 and "not overwritten" in again.err
+
+
+def test_locate_says_where_every_id_is(ws):
+    first = _train_id(ws)
+    run_cli("delete", "--workdir", ws, "--ids", str(first))
+    found = run_cli("locate", "--workdir", ws, "--ids", f"{first},1170,99999", "--json").json["ids"]
+    by_id = {f["id"]: f for f in found}
+    assert by_id[first]["deleted"] and by_id[first]["request"] == 1
+    assert by_id[1170]["version"] == 2 and by_id[1170]["slice"] == 2  # added as the third slice
+    assert by_id[99999]["unknown"]
+    text = run_cli("locate", "--workdir", ws, "--ids", "1170").out
+    assert "version 2" in text
