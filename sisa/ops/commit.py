@@ -89,7 +89,7 @@ def finish_version(workspace: Workspace, version: int, *, executor: Optional[Exe
     names (train the added slices; drop the reverted ones'), then mark it done, and the
     versions a revert took out ``reverted``. Returns the shards trained."""
     manifest = workspace.manifest()
-    shards = [e.shard for e in manifest.shards if e.rows]
+    shards = [e.shard for e in manifest.shards]  # a shard a revert emptied loses its checkpoints too
     before = {r.file for r in workspace.checkpoints().checkpoints}
     retrain_shards(workspace, shards, executor=executor, progress=progress)
     trained = sorted({r.shard for r in workspace.checkpoints().checkpoints if r.file not in before})

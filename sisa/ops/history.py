@@ -184,8 +184,9 @@ def _check_checkpoints(workspace: Workspace, body: dict[str, Any], request: int)
     versions = [v for v in read_versions(workspace.ledger_path) if v["state"] in ("done", "replaced", "reverted")]
     issued_version = (body.get("request") or {}).get("version") or 0
     retrained = any(v["kind"] == "train" and v["version"] > issued_version for v in versions)
-    reverted = any(v["kind"] == "revert" and v["version"] > issued_version for v in versions)
-    n_slices = workspace.manifest().n_slices
+    # the fewest slices a later revert kept: checkpoints of slices past it were reverted away
+    kept = min((v.get("slices_kept", 0) for v in versions if v["kind"] == "revert" and v["version"] > issued_version),
+               default=None)
     problems = []
     for item in body.get("checkpoints_replaced") or []:
         shard, slice_, sha = item.get("shard"), item.get("slice"), item.get("new")
@@ -193,7 +194,7 @@ def _check_checkpoints(workspace: Workspace, body: dict[str, Any], request: int)
             for change in r.get("replaced", []):
                 if (change["shard"], change["slice"], change["old"]) == (shard, slice_, sha):
                     sha = change["new"]
-        if live.get((shard, slice_)) == sha or retrained or (reverted and slice_ >= n_slices):
+        if live.get((shard, slice_)) == sha or retrained or (kept is not None and slice_ >= kept):
             continue
         problems.append(f"checkpoint shard {shard} slice {slice_} ({str(item.get('new'))[:12]}...) named by the "
                         f"receipt is not live and no later recorded request, revert or training replaced it")

@@ -194,7 +194,9 @@ def revert(workspace: Workspace, to: int, *, executor: Optional[Executor] = None
         keep = manifest.batches[:len(manifest.batches) - len(removed)]
         with Ledger(workspace.ledger_path) as ledger:
             ensure_base(ledger, manifest)
-            version = ledger.begin_version("revert", {"to": to, "removed": [b.version for b in removed]})
+            version = ledger.begin_version("revert", {"to": to, "removed": [b.version for b in removed],
+                                                      "slices_kept": manifest.settings.slices
+                                                      + sum(len(b.epochs) for b in keep)})
         crash_point("revert-after-ledger")
         new = _truncate(workspace, manifest, keep, version)
         workspace.save(new)  # the commit point: the rows are out

@@ -107,3 +107,14 @@ def test_locate_says_where_every_id_is(ws):
     assert by_id[99999]["unknown"]
     text = run_cli("locate", "--workdir", ws, "--ids", "1170").out
     assert "version 2" in text
+
+
+def test_a_receipt_survives_a_revert_and_a_new_add_in_the_same_slices(ws, tmp_path):
+    assert run_cli("delete", "--workdir", ws, "--ids", "1170").code == 0  # from the added slice 2
+    body = receipt(Workspace(ws), 1)
+    assert any(c["slice"] == 2 for c in body["checkpoints_replaced"])
+    assert run_cli("revert", "--workdir", ws, "--to", "1").code == 0
+    table = make_table(n=230, features=5).slice(200, 30)  # new ids 1200..1229
+    pq.write_table(table, tmp_path / "d2.parquet")
+    assert run_cli("add", "--workdir", ws, "--data", f"parquet:{tmp_path / 'd2.parquet'}").code == 0
+    assert verify_receipt(Workspace(ws), body)["ok"]

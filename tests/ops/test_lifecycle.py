@@ -257,3 +257,19 @@ def test_vectorised_shards_add_and_delete_exactly(tmp_path):
     delete(Workspace(tmp_path / "deleted"), forget)
     build_v(tmp_path / "without", forget)
     assert shas(tmp_path / "deleted") == shas(tmp_path / "without")
+
+
+def test_a_shard_empty_until_an_add_is_emptied_again_by_a_revert(tmp_path):
+    from sisa.data.partition import assign
+
+    shard = assign(ALL.ids, seed=SETTINGS.seed, shards=SETTINGS.shards, slices=1).shard
+    first = ALL.take(np.flatnonzero(shard != 2)[:60])          # shard 2 gets nothing at first
+    later = ALL.take(np.flatnonzero(shard == 2)[:5])
+    train_workspace(tmp_path / "a", dataset(first), SETTINGS)
+    plain = shas(tmp_path / "a")
+    add_rows(Workspace(tmp_path / "a"), later)
+    assert any(k[0] == 2 for k in shas(tmp_path / "a"))       # shard 2 trained from its first slice
+    assert {k: v for k, v in shas(tmp_path / "a").items() if k[0] != 2 and k[1] < 2} == plain
+    revert(Workspace(tmp_path / "a"), 1)
+    assert shas(tmp_path / "a") == plain                      # no checkpoint of shard 2 is left
+    assert run_cli("audit", "--workdir", tmp_path / "a").code == 0
