@@ -27,6 +27,8 @@ from sisa.training.executors import make_executor
 from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import read_versions
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under ATEN_CPU_CAPABILITY=default
+
 SETTINGS = Settings(shards=3, slices=2, epochs=2, model="logreg", batch_size=16)
 ROWS = 150
 
