@@ -21,16 +21,24 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                              "the workspace")
 
 
+DATA_DEFAULTS = {"data": "digits", "test_data": None, "test_fraction": 0.2, "id_col": "id", "label_col": "label",
+                 "image_size": None}
+"""The data flags' defaults (argparse's are None, so that a flag given can be told from one not)."""
+RECORDED_SOURCE = {"data": "spec", "test_data": "test_spec", "test_fraction": "test_fraction",
+                   "id_col": "id_col", "label_col": "label_col", "image_size": "image_size"}
+"""Data flag -> the field of the workspace's recorded source it comes from."""
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="digits", metavar="SPEC",
+    parser.add_argument("--data", metavar="SPEC",
                         help="digits (default), fashion-mnist[:DIR], mnist[:DIR], cifar10[:DIR], "
                              "csv:PATH, parquet:PATH or imagefolder:DIR (DIR/<class>/<image>)")
     parser.add_argument("--test-data", metavar="SPEC", help="separate evaluation data")
-    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+    parser.add_argument("--test-fraction", type=float, metavar="F",
                         help="share of rows held out for testing, chosen by a hash of the id, when "
                              "the data has no test split and --test-data is not given (default 0.2)")
-    parser.add_argument("--id-col", default="id", help="id column of a table (default id)")
-    parser.add_argument("--label-col", default="label", help="label column of a table (default label)")
+    parser.add_argument("--id-col", help="id column of a table (default id)")
+    parser.add_argument("--label-col", help="label column of a table (default label)")
     parser.add_argument("--image-size", type=image_size_arg, metavar="N|HxW",
                         help="imagefolder: data only: resize every image to N x N or H x W pixels "
                              "(bilinear; default: the size of the first image, in id order)")
@@ -90,15 +98,24 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                             "that one small model leaves idle (default 1); changes the trained bits")
 
 
-def dataset_and_settings(args: argparse.Namespace):
-    """Load ``--data`` and build the settings: flags > the dataset's defaults > Settings' own."""
+def dataset_and_settings(args: argparse.Namespace, recorded=None):
+    """Load ``--data`` and build the settings: flags > the dataset's defaults > Settings' own.
+
+    With ``recorded`` (the manifest of the workspace ``train --force`` replaces, when no
+    ``--data`` was given) the data flags not given and the settings not given come from it
+    instead: the workspace is retrained as it was, changed only by the flags given.
+    """
     from sisa.data.sources import load
     from sisa.settings import Settings
 
+    for flag, default in DATA_DEFAULTS.items():
+        if getattr(args, flag, None) is None:
+            value = recorded.data.source_value(RECORDED_SOURCE[flag]) if recorded is not None else None
+            setattr(args, flag, default if value is None else value)
     dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
                    test_spec=args.test_data, test_fraction=args.test_fraction,
                    image_size=getattr(args, "image_size", None))
-    chosen: dict[str, Any] = dict(dataset.defaults)
+    chosen: dict[str, Any] = recorded.settings.to_dict() if recorded is not None else dict(dataset.defaults)
     chosen.update({k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None})
     return dataset, Settings(**chosen)
 

@@ -34,7 +34,8 @@ class Train(Subcommand):
         p.add_argument("--force", action="store_true",
                        help="replace an existing workspace; the new one is built beside it and swapped "
                             "in when complete, and its deletion ledger carries over: ids deleted earlier "
-                            "are not trained on again")
+                            "are not trained on again. Without --data it retrains the workspace as "
+                            "recorded (its data source and settings, changed by the flags given)")
         p.add_argument("--discard-deletions", action="store_true",
                        help="with --force: throw the deletion ledger away and train on every row of the "
                             "data again, including people deleted earlier (they are no longer forgotten)")
@@ -44,7 +45,7 @@ class Train(Subcommand):
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.train import train_workspace
 
-        dataset, settings = dataset_and_settings(args)
+        dataset, settings = dataset_and_settings(args, _recorded(args))
         executor = executor_from(args, env)
 
         def progress(record) -> None:
@@ -82,3 +83,29 @@ class Train(Subcommand):
         lines.append(f"workspace: {summary['workdir']}")
         emit(args, summary, "\n".join(lines))
         return 0
+
+
+def _recorded(args: argparse.Namespace):
+    """The manifest of the workspace ``train --force`` retrains as recorded (no ``--data``
+    given), or None: a new training from the flags and the data's defaults."""
+    from sisa.workspace.files import Workspace
+
+    if not args.force or args.data is not None:
+        return None
+    workspace = Workspace(args.workdir)
+    if not workspace.manifest_path.exists():
+        return None
+    try:
+        manifest = workspace.manifest()
+    except SisaError as exc:
+        raise SisaError(f"cannot read the workspace's recorded data and settings ({exc}); name the data "
+                        f"with --data") from None
+    if not manifest.data.source_value("spec") or manifest.data.source_value("spec") in ("array", "arrays"):
+        raise SisaError("the workspace was trained from arrays in Python, not from a data source sisa can "
+                        "reload; name the data with --data")
+    if manifest.batches:
+        info(f"note: rows taken in by 'sisa add' (version(s) {', '.join(str(b.version) for b in manifest.batches)}) "
+             f"are retrained only where {manifest.data.source_value('spec')} holds them")
+    info(f"retraining as recorded: --data {manifest.data.source_value('spec')} with the workspace's settings "
+         f"(flags given change them)")
+    return manifest

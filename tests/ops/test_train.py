@@ -16,6 +16,7 @@ from helpers import (
     tree,
 )
 
+from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import Ledger
 
 # -- train --force honours the ledger
@@ -142,3 +143,22 @@ def test_test_ids_of_another_kind_are_refused(tmp_path, table_file):
     result = run_cli("train", "--data", f"parquet:{train}", "--test-data", f"parquet:{test}",
                      "--workdir", tmp_path / "ws", *FAST)
     assert result.code == 1 and "the test data's ids are integers but the training data's are text" in result.err
+
+
+def test_train_force_without_data_retrains_the_workspace_as_recorded(tmp_path, table_file):
+    source = table_file("rows.parquet", n=150)
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{source}", "--workdir", ws, "--shards", "3", "--slices", "2",
+                   "--epochs", "2", "--model", "logreg", "--seed", "5", "--test-fraction", "0.3").code == 0
+    gone = training_ids(ws)[:2]
+    assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, gone))).code == 0
+    after_delete = checkpoint_shas(ws)
+    again = run_cli("train", "--workdir", ws, "--force")
+    assert again.code == 0 and "retraining as recorded" in again.err
+    assert checkpoint_shas(ws) == after_delete  # the same data, settings and ledger: the same bits
+    manifest = Workspace(ws).manifest()
+    assert manifest.settings.seed == 5 and manifest.data.source_value("test_fraction") == 0.3
+    changed = run_cli("train", "--workdir", ws, "--force", "--epochs", "3", "--json")
+    assert changed.code == 0 and Workspace(ws).manifest().settings.replace(epochs=2) == manifest.settings
+    fresh = run_cli("train", "--workdir", ws, "--force", "--data", f"parquet:{source}")
+    assert fresh.code == 0 and Workspace(ws).manifest().settings.shards == 5  # --data: a new training
