@@ -7,3 +7,7 @@ class SisaError(ValueError):
     The CLI prints the message and exits non-zero; no traceback is shown. It is a
     ``ValueError``, so Python callers can catch it as they catch other bad input.
     """
+
+
+class ModelChanged(SisaError):
+    """The source file of a workspace's own model differs from the one it recorded."""

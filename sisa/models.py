@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from sisa.errors import SisaError
+from sisa.errors import ModelChanged, SisaError
 from sisa.registry import Registry
 
 if TYPE_CHECKING:
@@ -187,6 +187,43 @@ def model_source(name: str) -> Optional[dict[str, str]]:
     root = package.parents[len(module_name.split(".")) - 1]
     return {"model": name, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "root": str(root)}
+
+
+def check_output(model: nn.Module, name: str, shape: Sequence[int], n_classes: int) -> None:
+    """Refuse a model that cannot be trained on these rows: no parameters, or not one logit
+    per class for a batch of rows of ``shape`` (found before anything is written)."""
+    import torch
+
+    if not any(True for _ in model.parameters()):
+        raise SisaError(f"model {name!r} has no parameters to train")
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *shape))
+    except Exception as exc:
+        raise SisaError(f"model {name!r} fails on a batch of rows of shape {tuple(shape)}: "
+                        f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SisaError(f"model {name!r} gives {got} per row; it must give one logit per class ({n_classes} "
+                        f"classes)")
+
+
+def check_source(name: str, recorded: Optional[dict]) -> None:
+    """Refuse a model of one's own whose source file differs from the ``recorded`` one: the
+    checkpoints were trained by other code (retraining would not give their bits, and
+    inference would run other code on them)."""
+    if not recorded:
+        return
+    current = model_source(name)
+    if current is None or current["sha256"] == recorded.get("sha256"):
+        return
+    raise ModelChanged(
+        f"the source of model {name!r} changed since the workspace recorded it: {current['file']} has sha256 "
+        f"{current['sha256'][:12]}..., the workspace recorded {str(recorded.get('sha256'))[:12]}... "
+        f"({recorded.get('file')}). Its checkpoints were trained by the recorded code: retraining with other "
+        f"code forgets the rows but is no longer bit-identical to training without them, and predicting runs "
+        f"other code on them. Restore the file, or pass --accept-model-change (delete, add, revert, recover) "
+        f"to record the new source")
 
 
 def add_import_root(root: Optional[str]) -> None:

@@ -192,10 +192,15 @@ def finish_pending(args: argparse.Namespace, env: Environment, workspace, execut
 
 def recover_first(args: argparse.Namespace, env: Environment) -> None:
     """Finish deletions a crash interrupted before a command reads the models."""
+    from sisa.errors import ModelChanged
     from sisa.workspace.files import Workspace
 
     workspace = Workspace(args.workdir)
-    shards = finish_pending(args, env, workspace)
+    try:
+        shards = finish_pending(args, env, workspace)
+    except ModelChanged as exc:  # read the workspace as it is; what needs the model says so itself
+        info(f"warning: pending work was not finished: {exc}")
+        shards = []
     workspace.manifest()
     if shards:
         info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")

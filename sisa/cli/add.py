@@ -12,6 +12,7 @@ from sisa.cli._common import (
     emit,
     executor_from,
     fmt_seconds,
+    info,
     locked,
     retrain_progress,
 )
@@ -50,15 +51,32 @@ class Add(Subcommand):
         workspace = Workspace(args.workdir)
         accept_model_change_if_asked(args, env, workspace)
         data = workspace.manifest().data
-        batch = load_batch(args.data, shape=data.shape, feature_names=data.feature_names,
+        batch = load_batch(args.data, shape=data.shape, feature_names=data.feature_names, id_kind=data.id_kind,
                            id_col=args.id_col or data.source_value("id_col", "id"),
-                           label_col=args.label_col or data.source_value("label_col", "label"),
-                           image_size=data.source_value("image_size"))
+                           label_col=args.label_col or data.source_value("label_col", "label"))
         executor = executor_from(args, env)
         with locked(args, env, exclusive=True):
-            result = add_rows(workspace, batch, slices=args.slices, epochs=args.epochs, spec=args.data,
-                              executor=executor, progress=retrain_progress)
+            try:
+                result = add_rows(workspace, batch, slices=args.slices, epochs=args.epochs, spec=args.data,
+                                  executor=executor, progress=retrain_progress)
+            except KeyboardInterrupt:
+                _explain_interrupt(workspace)
+                raise
         emit(args, result, f"added {result['rows']} rows as version {result['version']}: {result['slices']} new "
                            f"slice(s) of {result['epochs']} epoch(s) per shard, trained in "
                            f"{fmt_seconds(result['seconds'])}; {result['n_train']} training rows now")
         return 0
+
+
+def _explain_interrupt(workspace) -> None:
+    """An add interrupted after its commit point has taken the rows in: say so, and how on."""
+    from sisa.workspace.ledger import read_open_versions
+
+    try:
+        version = workspace.manifest().version
+        unfinished = [v["version"] for v in read_open_versions(workspace.ledger_path)]
+    except Exception:  # the interrupt is what matters; the next command sorts the rest out
+        return
+    if version in unfinished:
+        info(f"the rows were already taken in as version {version}; the next sisa command (or 'sisa recover') "
+             f"trains their slices, and 'sisa revert --to {version - 1}' takes them out again")

@@ -23,7 +23,7 @@ class Receipt(Subcommand):
         p.add_argument("request", type=int, metavar="REQUEST", help="the request's number")
         p.add_argument("--ids-as", choices=("plain", "sha256"), default="plain",
                        help="write the ids as they are (default) or as salted sha256")
-        p.add_argument("--output", metavar="FILE", help="write the receipt to FILE instead of stdout")
+        p.add_argument("--output", metavar="FILE", help="write the receipt to a new FILE (mode 0600) instead of stdout ('-')")
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
@@ -33,10 +33,10 @@ class Receipt(Subcommand):
         workspace = Workspace(args.workdir)
         workspace.manifest()
         recover_first(args, env)
-        with locked(args, env, exclusive=args.ids_as == "sha256"):
+        with locked(args, env, exclusive=True):
             body = receipt(workspace, args.request, ids_as=args.ids_as)
         text = json.dumps(body, indent=2, sort_keys=True)
-        if args.output:
+        if args.output and args.output != "-":
             _write_new(args.output, text + "\n")
             emit(args, {"receipt": args.output, "audit_ok": body["audit"]["ok"]},
                  f"receipt of request {args.request} written to {args.output}")
@@ -49,10 +49,13 @@ class Receipt(Subcommand):
 
 def _write_new(path: str, text: str) -> None:
     """Write a new file; an existing one is refused (a receipt is never overwritten)."""
+    import os
+
     from sisa.errors import SisaError
 
     try:
-        with open(path, "x", encoding="utf-8") as handle:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
     except FileExistsError:
         raise SisaError(f"--output {path} exists; receipts are not overwritten (name a new file)") from None

@@ -34,6 +34,11 @@ class Status(Subcommand):
             f"{status['deletions']['pending']} request(s) pending",
             "shard  samples  per slice",
         ]
+        if status["unfinished_versions"]:
+            lines.append(f"UNFINISHED version(s) {status['unfinished_versions']}: interrupted; 'sisa recover' "
+                         f"finishes them")
+        if status["model_source_changed"]:
+            lines.append(f"MODEL CHANGED: {status['model_source_changed']}")
         if status["added_batches"]:
             lines.insert(2, "added: " + ", ".join(f"version {b['version']}: {b['rows']} rows in {b['slices']} "
                                                   f"slice(s)" for b in status["added_batches"]))

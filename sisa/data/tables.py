@@ -52,9 +52,10 @@ def table_dataset(kind: str, path: Optional[str], options: LoadOptions) -> Datas
 
 def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_labels: bool,
                what: str, features: Optional[list[str]] = None,
-               need_ids: bool = True) -> tuple[Table, list[str]]:
+               need_ids: bool = True, exact: bool = False) -> tuple[Table, list[str]]:
     """Read and validate a CSV or Parquet table; returns its rows and feature column names
-    (``features`` when given: the columns a model was trained on)."""
+    (``features`` when given: the columns a model was trained on; with ``exact``, no other
+    columns besides the id and label may be there, as for rows that will be trained on)."""
     arrow = _read_arrow(kind, path, options, what)
     columns = arrow.schema.names
     doubled = sorted({c for c in columns if columns.count(c) > 1})
@@ -73,6 +74,10 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
         raise SisaError(f"{what}: no label column {options.label_col!r} (columns: {', '.join(columns)}); "
                         f"name it with --label-col")
     features = _feature_columns(columns, options, what, features)
+    extra = [c for c in columns if c not in features and c not in (options.id_col, options.label_col)]
+    if exact and extra:
+        raise SisaError(f"{what}: column(s) {preview(extra)} are not feature columns of the workspace "
+                        f"(a training would take them for features); drop them first")
     X = _features(arrow, features, len(ids), what)
     y = _labels(arrow.column(options.label_col), what, options.label_col) if has_labels else None
     return Table(ids, X, y), features

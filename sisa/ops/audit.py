@@ -159,6 +159,11 @@ class _Audit:
     def _version_hint(self) -> str:
         from sisa import __version__
 
+        accepted = (self.manifest.model_source or {}).get("previous_sha256")
+        if accepted:
+            return (f" (the model's source was changed and the change accepted at version "
+                    f"{self.manifest.model_source.get('version')}: checkpoints trained before it were made by "
+                    f"other code, so a replay with the current code cannot reproduce them)")
         trained_by = self.manifest.sisa_version
         if trained_by == __version__:
             return ""

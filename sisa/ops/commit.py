@@ -21,7 +21,7 @@ import numpy as np
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import ids_digest, key_text
-from sisa.models import model_source
+from sisa.models import check_source, model_source
 from sisa.training.executors import Executor, make_executor, verify_result
 from sisa.training.jobs import DataSpec, Progress, ShardJob
 from sisa.workspace.files import Workspace
@@ -123,7 +123,7 @@ def complete_requests(workspace: Workspace, *, executor: Optional[Executor],
         for shard in shards:
             _purge(workspace, shard, deleted)
         crash_point("before-retrain")
-        before = _live(workspace, shards)
+        before = {**_live(workspace, shards), **_recorded_before(ledger, requests)}
         started = time.perf_counter()
         retrain_shards(workspace, shards, executor=executor, progress=progress)
         ledger.add_detail(requests, {"replaced": _replaced(before, _live(workspace, shards)),
@@ -134,6 +134,16 @@ def complete_requests(workspace: Workspace, *, executor: Optional[Executor],
         remove_orphans(workspace)
         ledger.set_state(requests, "committed")
         return shards
+
+
+def _recorded_before(ledger: Ledger, requests: list[int]) -> dict[tuple[int, int], str]:
+    """The checkpoints the requests recorded as live when they were made (the oldest first):
+    what a retraining that a crash interrupted had already replaced."""
+    recorded: dict[tuple[int, int], str] = {}
+    for request in reversed(requests):
+        detail = ledger.request_detail(request)
+        recorded.update({(shard, slice_): sha for shard, slice_, sha in detail.get("checkpoints_before", [])})
+    return recorded
 
 
 def _live(workspace: Workspace, shards: list[int]) -> dict[tuple[int, int], str]:
@@ -234,18 +244,8 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
 
 def check_model_source(manifest: WorkspaceManifest) -> None:
     """Refuse to retrain with a model of the user's own whose source file changed since the
-    workspace recorded it: the new code would not give the bits training without the rows gives."""
-    recorded = manifest.model_source
-    if not recorded:
-        return
-    current = model_source(manifest.settings.model)
-    if current is None or current["sha256"] == recorded.get("sha256"):
-        return
-    raise SisaError(f"the source of model {manifest.settings.model!r} changed since the workspace recorded it: "
-                    f"{current['file']} has sha256 {current['sha256'][:12]}..., the workspace recorded "
-                    f"{str(recorded.get('sha256'))[:12]}... ({recorded.get('file')}). Retraining with other code "
-                    f"forgets the rows but is no longer bit-identical to training without them. Restore the "
-                    f"file, or pass --accept-model-change to record the new source and retrain with it")
+    workspace recorded it (:func:`sisa.models.check_source`)."""
+    check_source(manifest.settings.model, manifest.model_source)
 
 
 def accept_model_change(workspace: Workspace) -> Optional[dict]:

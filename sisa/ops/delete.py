@@ -166,15 +166,15 @@ def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, execut
     complete_pending(workspace, executor=executor, progress=progress)
     plan = _plan_deletion(workspace, ids, ignore_missing=ignore_missing)
     result = plan.to_dict()
-    if plan.ids:
+    # a request that only names ids deleted before is recorded too when it carries a reference:
+    # its ticket gets an answer (a receipt saying they were already gone)
+    if plan.ids or (plan.already_deleted and reference is not None):
         check_model_source(workspace.manifest())  # before the request is recorded, not after
         with Ledger(workspace.ledger_path) as ledger:
             ensure_base(ledger, workspace.manifest())  # the training, as the ledger's first version
             result["request"] = ledger.add_request(
                 ((k, shard, slice_) for k, (shard, slice_) in plan.slices_of.items()), reference=reference,
-                detail={"asked": len(dict.fromkeys(map(key_text, ids))), "already_deleted": len(plan.already_deleted),
-                        "missing": len(plan.missing), "retrained": result["retrained"],
-                        "samples_retrained": result["samples_retrained"]})
+                detail=_request_detail(workspace, plan, result, ids))
         crash_point("after-ledger")
         complete_pending(workspace, executor=executor, progress=progress)
     result["reference"] = reference
@@ -182,21 +182,13 @@ def _delete(workspace: Workspace, ids: Sequence, *, ignore_missing: bool, execut
     return result
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+def _request_detail(workspace: Workspace, plan: Plan, summary: dict[str, Any], ids: Sequence) -> dict[str, Any]:
+    """What the ledger keeps with a request for its history and receipt: counts, the plan, the
+    ids already deleted before it, and the checkpoints of the affected shards as they are now
+    (so a receipt names what was replaced even when a crash interrupts the retraining)."""
+    return {"asked": len(dict.fromkeys(map(key_text, ids))), "already_deleted": len(plan.already_deleted),
+            "already_deleted_ids": [key_text(v) for v in plan.already_deleted],
+            "missing": len(plan.missing), "retrained": summary["retrained"],
+            "samples_retrained": summary["samples_retrained"],
+            "checkpoints_before": [[r.shard, r.slice, r.sha256] for r in workspace.checkpoints().checkpoints
+                                   if r.shard in plan.delete]}

@@ -8,6 +8,7 @@ import numpy as np
 
 from sisa.aggregation import aggregate
 from sisa.errors import SisaError
+from sisa.models import check_source
 from sisa.training.jobs import DataSpec
 from sisa.training.numerics import deterministic_torch
 from sisa.training.slices import predict_probas
@@ -64,6 +65,7 @@ class Ensemble:
     def shard_probas(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of every shard model, shape (shards, rows, classes)."""
         X = self._check_rows(X)
+        check_source(self.settings.model, self.manifest.model_source)
         with deterministic_torch(self.settings):
             return np.stack([predict_probas(self.workspace.load_checkpoint(record)["model"], X,
                                             settings=self.settings, data=self.data)

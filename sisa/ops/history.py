@@ -11,6 +11,7 @@ says where each id is: its shard, slice and the version that brought it in, or i
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -72,34 +73,37 @@ def receipt(workspace: Workspace, request: int, *, ids_as: str = "plain") -> dic
     workspace's secret salt), with an audit of its ids run now; sealed."""
     if ids_as not in ("plain", "sha256"):
         raise SisaError(f"ids_as must be plain or sha256, got {ids_as!r}")
-    with workspace_lock(workspace.root, exclusive=ids_as == "sha256"):
+    with workspace_lock(workspace.root, exclusive=True):
         found = _request(workspace, request)
         if found["state"] != "committed":
             raise SisaError(f"request {request} is {found['state']}, not yet committed: run 'sisa recover', "
                             f"then ask for its receipt")
-        keys = [key for key, _, _ in found["ids"]]
-        salt = None
-        if ids_as == "sha256":
-            with Ledger(workspace.ledger_path) as ledger:
-                salt = ledger.salt()
+        keys, already = [key for key, _, _ in found["ids"]], list(found.get("already_deleted_ids", []))
+        with Ledger(workspace.ledger_path) as ledger:
+            key = ledger.salt()  # the workspace's secret: it seals receipts and salts hashed ids
         manifest, checkpoints = workspace.manifest(), workspace.checkpoints()
-        checked = audit(workspace, [_value(k) for k in keys])
+        checked = audit(workspace, [_value(k) for k in keys + already])
+    hashed = ids_as == "sha256"
     body = {
         "format": RECEIPT_FORMAT,
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "workspace": str(workspace.root.resolve()),
-        "request": {name: found.get(name) for name in ("request", "created", "updated", "state", "reference",
-                                                        "asked", "already_deleted", "version")},
-        "ids": [_value(k) for k in keys] if salt is None else None,
-        "ids_sha256": [salted(salt, k) for k in keys] if salt is not None else None,
-        "id_hash": None if salt is None else "sha256(salt + ':' + canonical id), salt kept in the workspace's ledger",
+        "request": {name: found.get(name) for name in _REQUEST_FIELDS},
+        "ids": None if hashed else [_value(k) for k in keys],
+        "ids_sha256": [salted(key, k) for k in keys] if hashed else None,
+        "already_deleted_ids": None if hashed else [_value(k) for k in already],
+        "already_deleted_ids_sha256": [salted(key, k) for k in already] if hashed else None,
+        "id_hash": "sha256(salt + ':' + canonical id), salt kept in the workspace's ledger" if hashed else None,
         "checkpoints_replaced": found.get("replaced", []),
         "workspace_after": {"version": manifest.version, "shards": {str(r.shard): {"slice": r.slice, "sha256": r.sha256}
                                                                    for r in checkpoints.final().values()}},
         "software": _software(checkpoints.environment),
         "audit": {"ok": checked["ok"], "problems": checked["problems"], "checked_ids": checked["checked_ids"]},
     }
-    return dict(body, seal=seal(body))
+    return dict(body, seal=seal(body, key))
+
+
+_REQUEST_FIELDS = ("request", "created", "updated", "state", "reference", "asked", "already_deleted", "version")
 
 
 def _value(key: str) -> Any:
@@ -111,10 +115,11 @@ def salted(salt: str, key: str) -> str:
     return hashlib.sha256(f"{salt}:{key}".encode()).hexdigest()
 
 
-def seal(body: dict[str, Any]) -> str:
-    """sha256 of the receipt's contents (every field but the seal), as canonical JSON."""
+def seal(body: dict[str, Any], key: str) -> str:
+    """HMAC-SHA256, keyed by the workspace's secret, of the receipt's contents (every field but
+    the seal) as canonical JSON: only the workspace can issue a receipt that verifies."""
     text = json.dumps({k: v for k, v in body.items() if k != "seal"}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
 def _software(environment: dict[str, Any]) -> dict[str, Any]:
@@ -146,34 +151,51 @@ def verify_receipt(workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]
     if not isinstance(body, dict) or body.get("format") != RECEIPT_FORMAT:
         raise SisaError(f"not a sisa deletion receipt (format {RECEIPT_FORMAT})")
     problems: list[str] = []
-    if body.get("seal") != seal(body):
-        problems.append("the receipt was changed after it was issued (its seal does not match its contents)")
     with workspace_lock(workspace.root, exclusive=False):
+        key = read_salt(workspace.ledger_path)
+        if key is None:
+            raise SisaError("this workspace has issued no receipt (it holds no receipt key): is the receipt "
+                            "another workspace's?")
+        if not hmac.compare_digest(str(body.get("seal")), seal(body, key)):
+            problems.append("the receipt was changed after it was issued, or another workspace issued it (its "
+                            "seal does not match its contents under this workspace's key)")
         number = (body.get("request") or {}).get("request")
         found = _request(workspace, number) if isinstance(number, int) else None
         if found is None:
             raise SisaError("the receipt names no request")
-        keys = [key for key, _, _ in found["ids"]]
-        problems += _check_ids(workspace, body, keys)
-        checked = audit(workspace, [_value(k) for k in keys])
+        keys, already = [k for k, _, _ in found["ids"]], list(found.get("already_deleted_ids", []))
+        problems += _check_ids(body, "ids", keys, key, number) + _check_ids(body, "already_deleted_ids", already,
+                                                                              key, number)
+        problems += _check_recorded(body, found)
+        checked = audit(workspace, [_value(k) for k in keys + already])
         problems += [f"audit: {p}" for p in checked["problems"]]
         problems += _check_checkpoints(workspace, body, number)
     return {"ok": not problems, "problems": problems, "request": number, "checked_ids": len(keys)}
 
 
-def _check_ids(workspace: Workspace, body: dict[str, Any], keys: list[str]) -> list[str]:
-    """The receipt's ids (or hashes) are the ones the ledger recorded for its request."""
-    if body.get("ids") is not None:
-        given = sorted(key_text(v) for v in body["ids"])
-    else:
-        salt = read_salt(workspace.ledger_path)
-        if salt is None:
-            return ["the receipt's ids are salted hashes, but this workspace has no salt (another workspace's receipt?)"]
-        keys = [salted(salt, k) for k in keys]
-        given = sorted(body.get("ids_sha256") or [])
+def _check_ids(body: dict[str, Any], field: str, keys: list[str], key: str, request: int) -> list[str]:
+    """The receipt's ids of ``field`` (or their hashes) are the ones the ledger recorded."""
+    try:
+        if body.get(field) is not None:
+            given = sorted(key_text(v) for v in body[field])
+        else:
+            keys = [salted(key, k) for k in keys]
+            given = sorted(body.get(f"{field}_sha256") or [])
+    except (TypeError, SisaError):
+        given = None
     if given != sorted(keys):
-        return [f"the receipt's ids are not those the ledger recorded for request {body['request']['request']}"]
+        return [f"the receipt's {field.replace('_', ' ')} are not those the ledger recorded for request {request}"]
     return []
+
+
+def _check_recorded(body: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """The receipt's request and replaced checkpoints are what the ledger recorded."""
+    problems = [f"the receipt's {name} ({(body.get('request') or {}).get(name)!r}) is not the ledger's "
+                f"({found.get(name)!r})" for name in _REQUEST_FIELDS
+                if name not in ("updated", "state") and (body.get("request") or {}).get(name) != found.get(name)]
+    if body.get("checkpoints_replaced") != found.get("replaced", []):
+        problems.append("the receipt's replaced checkpoints are not those the ledger recorded for its request")
+    return problems
 
 
 def _check_checkpoints(workspace: Workspace, body: dict[str, Any], request: int) -> list[str]:

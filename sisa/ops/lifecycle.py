@@ -214,6 +214,8 @@ def _reverted_batches(manifest: WorkspaceManifest, to: int, versions: list[dict]
     if isinstance(to, bool) or not isinstance(to, int):
         raise SisaError(f"a version is a whole number, got {to!r}")
     live = [manifest.base_version] + [b.version for b in manifest.batches]
+    if to < 1:
+        raise SisaError(f"versions are numbered from 1 ('sisa history' lists them); got {to}")
     if to > manifest.version:
         raise SisaError(f"version {to} does not exist yet: the workspace is at version {manifest.version}")
     if to < manifest.base_version:

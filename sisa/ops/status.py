@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sisa.errors import ModelChanged
+from sisa.models import check_source
 from sisa.ops.ensemble import Ensemble
 from sisa.training.numerics import environment_differences
 from sisa.workspace.files import sha256_file
-from sisa.workspace.ledger import read_counts
+from sisa.workspace.ledger import read_counts, read_open_versions
 
 
 def status(ensemble: Ensemble) -> dict[str, Any]:
@@ -20,7 +22,14 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
                     "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256} for e in manifest.shards]
     counts = read_counts(workspace.ledger_path)
     data = manifest.data
+    try:
+        check_source(settings.model, manifest.model_source)
+        model_changed = None
+    except ModelChanged as exc:
+        model_changed = str(exc).split(". Its checkpoints")[0]
     return {
+        "model_source_changed": model_changed,
+        "unfinished_versions": [v["version"] for v in read_open_versions(workspace.ledger_path)],
         "deletions": {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]},
         "left_out_shards": sorted(ensemble.pending_shards),
         "environment_differences": environment_differences(ensemble.checkpoints.environment, settings),
@@ -40,7 +49,8 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
         "environment": ensemble.checkpoints.environment,
         "shard_files": shard_files,
         "checkpoints": checkpoints,
-        "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files),
+        "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files)
+              and not read_open_versions(workspace.ledger_path),
     }
 
 

@@ -18,7 +18,7 @@ from sisa.data.sources import Dataset, Table
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import id_order, ids_digest, key_text
-from sisa.models import build_model, model_source
+from sisa.models import build_model, check_output, model_source
 from sisa.ops.commit import ensure_base
 from sisa.ops.ensemble import Ensemble
 from sisa.settings import Settings
@@ -99,6 +99,7 @@ def _check_input(workspace: Workspace, dataset: Dataset, settings: Settings, *, 
         raise SisaError(f"{dataset.spec} has no labels")
     check_test_ids(dataset)
     model = build_model(settings.model, dataset.shape, len(dataset.classes))  # shape/model mismatch
+    check_output(model, settings.model, dataset.shape, len(dataset.classes))
     if settings.vectorise > 1:
         from sisa.training.vectorised import check_vectorisable
 

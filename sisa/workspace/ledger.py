@@ -137,6 +137,10 @@ class Ledger:
             raise SisaError(f"cannot update the deletion ledger {self.path}: {exc}; the deletion is "
                             f"recorded and the next sisa command on the workspace finishes it") from None
 
+    def request_detail(self, request: int) -> dict[str, Any]:
+        row = self._db.execute("SELECT detail FROM requests WHERE request = ?", (request,)).fetchone()
+        return _json(row[0] if row else None)
+
     def add_detail(self, requests: Iterable[int], detail: dict[str, Any]) -> None:
         """Merge ``detail`` (what the commit did: checkpoints replaced, seconds...) into the
         requests' recorded detail."""

@@ -4,6 +4,7 @@ builds a model: train, status, eval, delete, audit --replay, on Ray too."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,14 @@ def tiny(shape, n_classes):
 
 def broken(shape, n_classes):
     return "not a module"
+
+
+def two_too_many(shape, n_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes + 2))
+
+
+def no_parameters(shape, n_classes):
+    return nn.Flatten()
 '''
 FLAGS = ("--shards", "2", "--slices", "2", "--epochs", "2")
 
@@ -93,4 +102,33 @@ def test_bad_model_names_and_factories_are_named(project, monkeypatch):
     assert missing.returncode == 1 and "has no function 'nothing'" in missing.stderr
     absent = sisa(project, "train", "--model", "nowhere.models:tiny", "--workdir", "ws", *FLAGS)
     assert absent.returncode == 1 and "cannot import the model module 'nowhere.models'" in absent.stderr
+    wide = sisa(project, "train", "--model", "nets.models:two_too_many", "--workdir", "ws", *FLAGS)
+    assert wide.returncode == 1 and "it must give one logit per class (10 classes)" in wide.stderr
+    empty = sisa(project, "train", "--model", "nets.models:no_parameters", "--workdir", "ws", *FLAGS)
+    assert empty.returncode == 1 and "has no parameters to train" in empty.stderr
+    assert "Traceback" not in wide.stderr + empty.stderr
     assert not (project / "ws").exists()
+
+
+def test_inference_refuses_other_model_code_and_reading_still_works(project, tmp_path):
+    assert sisa(project, "train", "--model", "nets.models:tiny", "--workdir", "ws", *FLAGS).returncode == 0
+    other = tmp_path / "other"  # another folder with its own nets/models.py
+    (other / "nets").mkdir(parents=True)
+    (other / "nets" / "__init__.py").write_text("")
+    (other / "nets" / "models.py").write_text(MODEL.replace("nn.Tanh()", "nn.ReLU()"))
+    refused = sisa(other, "eval", "--workdir", project / "ws")
+    assert refused.returncode == 1 and "changed since the workspace recorded it" in refused.stderr
+    status = sisa(other, "status", "--workdir", project / "ws")
+    assert status.returncode == 0 and "MODEL CHANGED" in status.stdout
+    # a deletion recorded, then the model edited: reading commands still work, and say why
+    # the deletion cannot be finished yet
+    ledger_env = dict(os.environ, SISA_CRASH_AT="before-retrain")
+    crashed = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", "ws", "--ids", "3",
+                              "--executor", "local"], cwd=project, env=ledger_env, capture_output=True, timeout=300)
+    assert crashed.returncode == -9
+    (project / "nets" / "models.py").write_text(MODEL + "\n# tuned\n")
+    history = sisa(project, "history", "--workdir", "ws")
+    assert history.returncode == 0 and "pending work was not finished" in history.stderr
+    assert sisa(project, "eval", "--workdir", "ws").returncode == 1
+    assert sisa(project, "recover", "--workdir", "ws", "--accept-model-change").returncode == 0
+    assert sisa(project, "eval", "--workdir", "ws").returncode == 0

@@ -193,3 +193,20 @@ def test_cli_image_size_flag_errors(folder, tmp_path):
     result = run_cli("train", "--data", "digits", "--workdir", tmp_path / "ws", "--image-size", "8")
     assert result.code == 1 and "applies to imagefolder: data only" in result.err
     assert not (tmp_path / "ws").exists()
+
+
+def test_sisa_add_takes_new_images_in_the_workspaces_channels_and_size(folder, tmp_path):
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"imagefolder:{folder}", "--workdir", ws, "--shards", "2", "--slices", "2",
+                   "--epochs", "1", "--model", "logreg", "--executor", "local").code == 0
+    more = tmp_path / "more"
+    (more / "cat").mkdir(parents=True)  # one class only, RGB and 16x16: read as the workspace's 1x8x8
+    for n in range(20, 26):
+        Image.fromarray(np.stack([pattern(0, n, 16, 16)] * 3, -1)).save(more / "cat" / f"{n:03d}.png")
+    added = run_cli("add", "--workdir", ws, "--data", f"imagefolder:{more}", "--executor", "local", "--json")
+    assert added.code == 0, added.err
+    assert added.json["rows"] == 6 and "cat/020.png" in training_ids(ws)
+    again = run_cli("add", "--workdir", ws, "--data", f"imagefolder:{folder}", "--executor", "local")
+    assert again.code == 1 and "already in the workspace" in again.err
+    assert run_cli("delete", "--workdir", ws, "--ids", "cat/021.png", "--executor", "local").code == 0
+    assert run_cli("audit", "--workdir", ws, "--replay").code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ from helpers import checkpoint_shas, make_table, run_cli
 from sisa.errors import SisaError
 from sisa.ops.history import receipt, seal, verify_receipt
 from sisa.workspace.files import Workspace
+from sisa.workspace.ledger import read_salt
 
 
 @pytest.fixture
@@ -50,12 +52,23 @@ def test_a_receipt_verifies_then_fails_after_tampering(ws, tmp_path):
     (tmp_path / "edited.json").write_text(json.dumps(edited))
     failed = run_cli("audit", "--workdir", ws, "--receipt", tmp_path / "edited.json")
     assert failed.code == 1 and "changed after it was issued" in failed.out
-    # edited and sealed again: a checkpoint it names was never live
+    # edited and sealed again without the workspace's key: the seal gives it away
+    forged = json.loads(json.dumps(body))
+    forged["checkpoints_replaced"] = []
+    forged["request"]["reference"] = "DPO-99"
+    forged["seal"] = hashlib.sha256(json.dumps({k: v for k, v in forged.items() if k != "seal"}, sort_keys=True,
+                                               separators=(",", ":")).encode()).hexdigest()
+    result = verify_receipt(Workspace(ws), forged)
+    assert not result["ok"] and "another workspace issued it" in result["problems"][0]
+    assert any("reference" in p for p in result["problems"])
+    assert any("replaced checkpoints are not those the ledger recorded" in p for p in result["problems"])
+    # sealed with the key itself (someone holding the workspace): the ledger still disagrees
     forged = json.loads(json.dumps(body))
     forged["checkpoints_replaced"][0]["new"] = "0" * 64
-    forged["seal"] = seal(forged)
+    forged["seal"] = seal(forged, read_salt(ws / "shards" / "ledger.sqlite"))
     result = verify_receipt(Workspace(ws), forged)
     assert not result["ok"] and any("not live" in p for p in result["problems"])
+    assert not any("seal" in p for p in result["problems"])
 
 
 def test_a_receipt_stays_valid_when_a_later_request_replaces_its_checkpoints(ws):
@@ -66,9 +79,9 @@ def test_a_receipt_stays_valid_when_a_later_request_replaces_its_checkpoints(ws)
     assert run_cli("delete", "--workdir", ws, "--ids", ",".join(map(str, ids[:40])), "--ignore-missing").code == 0
     assert set(checkpoint_shas(ws).values()).isdisjoint({c["new"] for c in body["checkpoints_replaced"]})
     assert verify_receipt(Workspace(ws), body)["ok"]
-    # a rolled-back ledger (the later request gone) would leave the receipt's checkpoints unexplained
+    # a checkpoint no later request replaced is not explained away
     body["checkpoints_replaced"][0]["new"] = "f" * 64
-    body["seal"] = seal(body)
+    body["seal"] = seal(body, read_salt(ws / "shards" / "ledger.sqlite"))
     assert not verify_receipt(Workspace(ws), body)["ok"]
 
 
@@ -118,3 +131,31 @@ def test_a_receipt_survives_a_revert_and_a_new_add_in_the_same_slices(ws, tmp_pa
     pq.write_table(table, tmp_path / "d2.parquet")
     assert run_cli("add", "--workdir", ws, "--data", f"parquet:{tmp_path / 'd2.parquet'}").code == 0
     assert verify_receipt(Workspace(ws), body)["ok"]
+
+
+def test_a_request_for_ids_already_deleted_is_answered_when_it_has_a_reference(ws):
+    first = _train_id(ws)
+    run_cli("delete", "--workdir", ws, "--ids", str(first))
+    again = run_cli("delete", "--workdir", ws, "--ids", str(first), "--reference", "T-2", "--json").json
+    assert again["request"] == 2 and again["deleted"] == [] and again["already_deleted"] == [first]
+    body = receipt(Workspace(ws), 2)
+    assert body["ids"] == [] and body["already_deleted_ids"] == [first] and body["audit"]["ok"]
+    assert body["request"]["reference"] == "T-2" and verify_receipt(Workspace(ws), body)["ok"]
+    silent = run_cli("delete", "--workdir", ws, "--ids", str(first), "--json").json
+    assert "request" not in silent  # no reference: a retried call records nothing new
+
+
+def test_a_receipt_after_a_crash_names_the_checkpoints_it_replaced(ws, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    before = checkpoint_shas(ws)
+    env = dict(os.environ, SISA_CRASH_AT="mid-retrain")
+    run = subprocess.run([sys.executable, "-m", "sisa", "delete", "--workdir", str(ws), "--ids",
+                          str(_train_id(ws)), "--executor", "local"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == -9
+    assert run_cli("recover", "--workdir", ws).code == 0
+    replaced = receipt(Workspace(ws), 1)["checkpoints_replaced"]
+    assert replaced and all(c["old"] == before[(c["shard"], c["slice"])] for c in replaced)

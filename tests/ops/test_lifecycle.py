@@ -275,3 +275,22 @@ def test_a_shard_empty_until_an_add_is_emptied_again_by_a_revert(tmp_path):
     revert(Workspace(tmp_path / "a"), 1)
     assert shas(tmp_path / "a") == plain                      # no checkpoint of shard 2 is left
     assert run_cli("audit", "--workdir", tmp_path / "a").code == 0
+
+
+def test_add_reads_a_batch_as_the_workspace_reads_its_rows(tmp_path):
+    import pyarrow.csv as pcsv
+
+    table = make_table(n=160, features=5, str_ids=True)
+    pcsv.write_csv(table.slice(0, 120), tmp_path / "d0.csv")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"csv:{tmp_path / 'd0.csv'}", "--workdir", ws, "--shards", "2",
+                   "--slices", "2", "--epochs", "1", "--model", "logreg", "--executor", "local").code == 0
+    numeric = make_table(n=20, features=5).set_column(0, "id", pa.array(range(9000, 9020)))
+    pcsv.write_csv(numeric, tmp_path / "numeric.csv")  # ids that look like integers, in a text workspace
+    added = run_cli("add", "--workdir", ws, "--data", f"csv:{tmp_path / 'numeric.csv'}", "--json")
+    assert added.code == 0, added.err
+    assert "9005" in training_ids(ws)
+    extra = table.slice(120, 40).append_column("extra", pa.array([1.0] * 40))
+    pcsv.write_csv(extra, tmp_path / "extra.csv")
+    refused = run_cli("add", "--workdir", ws, "--data", f"csv:{tmp_path / 'extra.csv'}")
+    assert refused.code == 1 and "'extra'" in refused.err and "not feature columns" in refused.err
