@@ -137,7 +137,7 @@ def _import(module_name: str):
         root = module_name.split(".")[0]
         if exc.name != root or os.getcwd() in sys.path:
             raise SisaError(f"cannot import the model module {module_name!r}: {exc}") from None
-    except Exception as exc:  # the module's own code failed
+    except (Exception, SystemExit) as exc:  # the module's own code failed (or called sys.exit)
         raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     sys.path.append(os.getcwd())
     try:
@@ -145,7 +145,7 @@ def _import(module_name: str):
     except ModuleNotFoundError as exc:
         raise SisaError(f"cannot import the model module {module_name!r} ({exc}); run sisa from the folder "
                         f"that holds it, or put that folder on PYTHONPATH") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
 
 

@@ -56,8 +56,13 @@ class Dataset:
         try:
             return np.fromiter((lookup[plain(v)] for v in labels), dtype=np.int64, count=len(labels))
         except KeyError as exc:
-            raise SisaError(f"{what} has label {exc.args[0]!r}, which the training data does not have "
-                            f"(classes: {preview(self.classes)})") from None
+            label = exc.args[0]
+            hint = ""
+            if str(label) in {str(c) for c in self.classes}:
+                hint = (f"; it is {type(label).__name__} where the training's labels are "
+                        f"{type(self.classes[0]).__name__}: give labels of the same kind")
+            raise SisaError(f"{what} has label {label!r}, which the training data does not have "
+                            f"(classes: {preview(self.classes)}){hint}") from None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
     (``features`` when given: the columns a model was trained on; with ``exact``, no other
     columns besides the id and label may be there, as for rows that will be trained on)."""
     arrow = _read_arrow(kind, path, options, what)
+    if arrow.num_rows == 0:
+        raise SisaError(f"{what} has no rows")
     columns = arrow.schema.names
     doubled = sorted({c for c in columns if columns.count(c) > 1})
     if doubled:

@@ -100,6 +100,9 @@ def test_bad_model_names_and_factories_are_named(project, monkeypatch):
     assert broken.returncode == 1 and "returned str, not a torch.nn.Module" in broken.stderr
     missing = sisa(project, "train", "--model", "nets.models:nothing", "--workdir", "ws", *FLAGS)
     assert missing.returncode == 1 and "has no function 'nothing'" in missing.stderr
+    (project / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    quits = sisa(project, "train", "--model", "quits:net", "--workdir", "ws", *FLAGS)
+    assert quits.returncode == 1 and "importing the model module 'quits' failed: SystemExit" in quits.stderr
     absent = sisa(project, "train", "--model", "nowhere.models:tiny", "--workdir", "ws", *FLAGS)
     assert absent.returncode == 1 and "cannot import the model module 'nowhere.models'" in absent.stderr
     wide = sisa(project, "train", "--model", "nets.models:two_too_many", "--workdir", "ws", *FLAGS)

@@ -253,3 +253,15 @@ def test_real_fashion_mnist_from_debian_package():
 def test_builtin_test_rows_have_ids_of_their_own():
     digits = load("digits")
     assert not set(digits.train.ids.tolist()) & set(digits.test.ids.tolist())
+
+
+def test_a_table_with_a_header_and_no_rows_says_so(tmp_path):
+    (tmp_path / "empty.csv").write_text("id,label,f0\n")
+    with pytest.raises(SisaError, match="has no rows"):
+        load(f"csv:{tmp_path / 'empty.csv'}")
+
+
+def test_a_label_of_the_other_kind_is_named_as_such():
+    digits = load("digits")
+    with pytest.raises(SisaError, match="it is str where the training's labels are int"):
+        digits.label_index(np.array(["2"], dtype=object), "the added data")
