@@ -19,6 +19,9 @@ import numpy as np
 FAST = ("--epochs", "2", "--shards", "3", "--slices", "2")
 """Command-line flags for a quick ``sisa train``."""
 
+FAST_SHAPE = ("--shards", "3", "--slices", "2")
+"""FAST without its epochs, for a test that trains other epochs (an option may be given once)."""
+
 SECRET = b"someone else's file, not sisa's to overwrite\n"
 """The contents of the ``victim`` fixture's file, which a planted link points at."""
 

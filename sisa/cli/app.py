@@ -61,8 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sisa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands():
-        command.register(sub)
+        _once(command.register(sub))
     return parser
+
+
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes one value, refused when given twice: ``--workdir a --workdir b``
+    or ``--shards 2 --shards 8`` would otherwise keep the last silently. Options that add up
+    (``--ids``, ``--ids-file``) are ``append`` actions and stay repeatable."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_options_given", set())
+        if option_string is not None and self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} given twice; give it once")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _once(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if type(action) is argparse._StoreAction and action.option_strings:
+            action.__class__ = _StoreOnce
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

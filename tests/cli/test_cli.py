@@ -309,3 +309,22 @@ def test_help_states_the_per_dataset_defaults(monkeypatch):
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"sisa {name} {action.option_strings[0]} has no help text"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (("train", "--shards", "2", "--shards", "8"), "--shards"),
+    (("delete", "--ids", "3", "--workdir", "a", "--workdir", "b"), "--workdir"),
+    (("revert", "--to", "1", "--to", "3"), "--to"),
+    (("add", "--data", "csv:a.csv", "--data", "csv:b.csv"), "--data"),
+])
+def test_an_option_given_twice_is_refused_not_silently_overridden(tmp_path, argv, flag):
+    result = run_cli(*argv, "--json")
+    assert result.code == 2 and f"{flag} given twice" in result.err
+    assert result.json["ok"] is False and "given twice" in result.json["error"]
+
+
+def test_repeatable_options_still_add_up(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
+    ids = training_ids(ws)[:2]
+    result = run_cli("delete", "--workdir", ws, "--ids", ids[0], "--ids", ids[1], "--json")
+    assert result.code == 0 and sorted(result.json["deleted"]) == sorted(ids)

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from helpers import (
     FAST,
+    FAST_SHAPE,
     checkpoint_shas,
     copy_workspace,
     deleted_ids,
@@ -118,7 +119,7 @@ def test_train_force_leaves_no_stale_file_of_the_old_workspace(small_trained, tm
     ws = copy_workspace(small_trained, tmp_path)
     stale = ws / "shards" / "shard-000-0123456789ab.parquet"  # as a crash between purge steps leaves
     stale.write_bytes(next((ws / "shards").glob("shard-000-*.parquet")).read_bytes())
-    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--force",
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST_SHAPE, "--force",
                    "--epochs", "3").code == 0
     assert not stale.exists()
     assert run_cli("audit", "--workdir", ws).code == 0

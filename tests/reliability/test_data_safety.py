@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import (
     FAST,
+    FAST_SHAPE,
     checkpoint_shas,
     copy_workspace,
     edit_manifest,
@@ -62,7 +63,7 @@ def test_an_interrupted_force_keeps_the_old_workspace(small_trained, tmp_path, s
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sisa.ops.train, "swap_in", interrupted)
-    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3", "--force")
+    result = run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST_SHAPE, "--epochs", "3", "--force")
     assert result.code == 130
     assert tree(ws) == before  # old workspace, ledger and all; no staging folder left
     assert run_cli("audit", "--workdir", ws).code == 0
@@ -84,7 +85,7 @@ def test_a_crash_during_the_swap_is_finished_by_the_next_command(small_trained, 
         return real(workspace)
 
     monkeypatch.setattr(sisa.workspace.staging, "finish_swap", crash_once)
-    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST, "--epochs", "3",
+    assert run_cli("train", "--data", f"parquet:{small_source}", "--workdir", ws, *FAST_SHAPE, "--epochs", "3",
                    "--force").code == 130
     status = run_cli("status", "--workdir", ws)
     assert status.code == 1 and "sisa recover" in status.err
@@ -93,7 +94,7 @@ def test_a_crash_during_the_swap_is_finished_by_the_next_command(small_trained, 
     fresh = tmp_path / "fresh"
     table = pq.read_table(small_source)
     pq.write_table(table.filter(pa.array(np.asarray(table.column("id").to_pylist()) != gone)), tmp_path / "w.parquet")
-    run_cli("train", "--data", f"parquet:{tmp_path / 'w.parquet'}", "--workdir", fresh, *FAST, "--epochs", "3")
+    run_cli("train", "--data", f"parquet:{tmp_path / 'w.parquet'}", "--workdir", fresh, *FAST_SHAPE, "--epochs", "3")
     assert checkpoint_shas(ws) == checkpoint_shas(fresh)
     assert not list(ws.glob(".sisa-*"))
     assert run_cli("audit", "--workdir", ws, "--replay").code == 0
