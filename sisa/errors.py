@@ -10,4 +10,9 @@ class SisaError(ValueError):
 
 
 class ModelChanged(SisaError):
-    """The source file of a workspace's own model differs from the one it recorded."""
+    """The source file of a workspace's own model differs from the one it recorded;
+    ``summary`` names the file and both sha256s, the message adds what to do."""
+
+    def __init__(self, summary: str, advice: str) -> None:
+        super().__init__(f"{summary}. {advice}")
+        self.summary = summary

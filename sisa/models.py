@@ -132,19 +132,25 @@ def _import(module_name: str):
     """Import the module of a custom model: from sys.path, else from the current folder (as
     ``python -m`` would; the ``sisa`` script's own folder is on sys.path, the user's is not)."""
     try:
-        return importlib.import_module(module_name)
+        return _import_once(module_name)
     except ModuleNotFoundError as exc:
-        root = module_name.split(".")[0]
-        if exc.name != root or os.getcwd() in sys.path:
+        if exc.name != module_name.split(".")[0] or os.getcwd() in sys.path:
             raise SisaError(f"cannot import the model module {module_name!r}: {exc}") from None
-    except (Exception, SystemExit) as exc:  # the module's own code failed (or called sys.exit)
-        raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     sys.path.append(os.getcwd())
     try:
-        return importlib.import_module(module_name)
+        return _import_once(module_name)
     except ModuleNotFoundError as exc:
         raise SisaError(f"cannot import the model module {module_name!r} ({exc}); run sisa from the folder "
                         f"that holds it, or put that folder on PYTHONPATH") from None
+
+
+def _import_once(module_name: str):
+    """``import_module``, with a failure of the module's own code (or its ``sys.exit``) as a
+    message; a module not found is left to the caller."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        raise
     except (Exception, SystemExit) as exc:
         raise SisaError(f"importing the model module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
 
@@ -177,16 +183,25 @@ def model_source(name: str) -> Optional[dict[str, str]]:
     its import starts from (what a worker puts on sys.path). None for a registered model."""
     if not is_custom(name):
         return None
+    path, root = _located(name)
+    return {"model": name, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "root": str(root)}
+
+
+def import_root(name: str) -> Optional[str]:
+    """The folder a custom model's import starts from (None for a registered model)."""
+    return str(_located(name)[1]) if is_custom(name) else None
+
+
+def _located(name: str) -> tuple[Path, Path]:
+    """A custom model's module file, and the sys.path folder its import starts from."""
     module_name = name.partition(":")[0]
-    module = _import(module_name)
-    file = getattr(module, "__file__", None)
+    file = getattr(_import(module_name), "__file__", None)
     if not file:
         raise SisaError(f"model {name!r}: module {module_name!r} has no source file to record")
     path = Path(file).resolve()
     package = path.parent if path.name == "__init__.py" else path
-    root = package.parents[len(module_name.split(".")) - 1]
-    return {"model": name, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "root": str(root)}
+    return path, package.parents[len(module_name.split(".")) - 1]
 
 
 def check_output(model: nn.Module, name: str, shape: Sequence[int], n_classes: int) -> None:
@@ -220,10 +235,10 @@ def check_source(name: str, recorded: Optional[dict]) -> None:
     raise ModelChanged(
         f"the source of model {name!r} changed since the workspace recorded it: {current['file']} has sha256 "
         f"{current['sha256'][:12]}..., the workspace recorded {str(recorded.get('sha256'))[:12]}... "
-        f"({recorded.get('file')}). Its checkpoints were trained by the recorded code: retraining with other "
-        f"code forgets the rows but is no longer bit-identical to training without them, and predicting runs "
-        f"other code on them. Restore the file, or pass --accept-model-change (delete, add, revert, recover) "
-        f"to record the new source")
+        f"({recorded.get('file')})",
+        "Its checkpoints were trained by the recorded code: retraining with other code forgets the rows but "
+        "is no longer bit-identical to training without them, and predicting runs other code on them. Restore "
+        "the file, or pass --accept-model-change (delete, add, revert, recover) to record the new source")
 
 
 def add_import_root(root: Optional[str]) -> None:

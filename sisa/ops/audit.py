@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from sisa.errors import SisaError
+from sisa.errors import ModelChanged, SisaError
 from sisa.ids import ids_digest, key_text
 from sisa.ops.commit import TEST_SHARD, check_model_source
 from sisa.training.executors import run_unit
@@ -142,8 +142,8 @@ class _Audit:
         differences = environment_differences(self.checkpoints.environment, settings)
         try:
             check_model_source(self.manifest)
-        except SisaError as exc:
-            differences.append(str(exc).split(". Retraining")[0])
+        except ModelChanged as exc:
+            differences.append(exc.summary)
         if differences:
             self.problems.append("cannot replay bit for bit on this machine: " + "; ".join(differences))
             return

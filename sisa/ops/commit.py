@@ -25,7 +25,12 @@ from sisa.models import check_source, model_source
 from sisa.training.executors import Executor, make_executor, verify_result
 from sisa.training.jobs import DataSpec, Progress, ShardJob
 from sisa.workspace.files import Workspace
-from sisa.workspace.ledger import Deleted, Ledger, read_ledger, read_open_versions
+from sisa.workspace.ledger import (
+    Deleted,
+    Ledger,
+    has_open_work,
+    utc_now,
+)
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import CheckpointRecord, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
@@ -59,7 +64,7 @@ def needs_recovery(workspace: Workspace) -> bool:
     if swap_path(workspace).exists() or scratch_folders(workspace):
         return True
     try:
-        return bool(read_ledger(workspace.ledger_path)[1]) or bool(read_open_versions(workspace.ledger_path))
+        return has_open_work(workspace.ledger_path)
     except SisaError:
         return True  # let the writer report it
 
@@ -257,12 +262,6 @@ def accept_model_change(workspace: Workspace) -> Optional[dict]:
         current = model_source(manifest.settings.model)
         if not recorded or current is None or current["sha256"] == recorded.get("sha256"):
             return None
-        change = {"previous_sha256": recorded.get("sha256"), "accepted": _now_utc(), "version": manifest.version}
+        change = {"previous_sha256": recorded.get("sha256"), "accepted": utc_now(), "version": manifest.version}
         workspace.save(manifest.replace(model_source=dict(current, **change)))
         return change
-
-
-def _now_utc() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

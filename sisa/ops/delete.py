@@ -23,7 +23,7 @@ from sisa.ops.commit import (
     ensure_base,
 )
 from sisa.training.executors import Executor
-from sisa.training.jobs import Progress
+from sisa.training.jobs import Progress, slice_epochs_of
 from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import Ledger, read_ledger
 from sisa.workspace.lock import workspace_lock
@@ -57,8 +57,7 @@ class Plan:
         own = self.slice_rows[shard]
         trained = np.cumsum(own)
         slices = range(self.from_slice[shard], len(trained))
-        # an added slice without rows of its own trains no epochs (ShardJob.epochs_of)
-        epochs = [0 if r >= self.base_slices and not own[r] else self.epochs[r] for r in range(len(own))]
+        epochs = [slice_epochs_of(self.epochs, self.base_slices, r, int(trained[r]), own[r]) for r in range(len(own))]
         return {"shard": shard, "from_slice": self.from_slice[shard], "rows": self.samples[shard],
                 "slices": len(slices), "samples": int(sum(trained[r] for r in slices if epochs[r])),
                 "sample_passes": int(sum(trained[r] * epochs[r] for r in slices))}

@@ -74,7 +74,7 @@ def receipt(workspace: Workspace, request: int, *, ids_as: str = "plain") -> dic
     if ids_as not in ("plain", "sha256"):
         raise SisaError(f"ids_as must be plain or sha256, got {ids_as!r}")
     with workspace_lock(workspace.root, exclusive=True):
-        found = _request(workspace, request)
+        found = _request(read_requests(workspace.ledger_path), request)
         if found["state"] != "committed":
             raise SisaError(f"request {request} is {found['state']}, not yet committed: run 'sisa recover', "
                             f"then ask for its receipt")
@@ -134,8 +134,9 @@ def _software(environment: dict[str, Any]) -> dict[str, Any]:
     return {"sisa": __version__, "torch": torch_version, "numerics": environment}
 
 
-def _request(workspace: Workspace, request: int) -> dict[str, Any]:
-    requests = {r["request"]: r for r in read_requests(workspace.ledger_path)}
+def _request(requests: list[dict[str, Any]], request: int) -> dict[str, Any]:
+    """Request ``request`` of the ledger's ``requests`` (:func:`read_requests`)."""
+    requests = {r["request"]: r for r in requests}
     if request not in requests:
         known = ", ".join(map(str, sorted(requests))) or "none"
         raise SisaError(f"no deletion request {request} in this workspace (requests: {known})")
@@ -160,7 +161,8 @@ def verify_receipt(workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]
             problems.append("the receipt was changed after it was issued, or another workspace issued it (its "
                             "seal does not match its contents under this workspace's key)")
         number = (body.get("request") or {}).get("request")
-        found = _request(workspace, number) if isinstance(number, int) else None
+        requests = read_requests(workspace.ledger_path)
+        found = _request(requests, number) if isinstance(number, int) else None
         if found is None:
             raise SisaError("the receipt names no request")
         keys, already = [k for k, _, _ in found["ids"]], list(found.get("already_deleted_ids", []))
@@ -169,7 +171,7 @@ def verify_receipt(workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]
         problems += _check_recorded(body, found)
         checked = audit(workspace, [_value(k) for k in keys + already])
         problems += [f"audit: {p}" for p in checked["problems"]]
-        problems += _check_checkpoints(workspace, body, number)
+        problems += _check_checkpoints(workspace, body, number, requests)
     return {"ok": not problems, "problems": problems, "request": number, "checked_ids": len(keys)}
 
 
@@ -198,11 +200,12 @@ def _check_recorded(body: dict[str, Any], found: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_checkpoints(workspace: Workspace, body: dict[str, Any], request: int) -> list[str]:
+def _check_checkpoints(workspace: Workspace, body: dict[str, Any], request: int,
+                       requests: list[dict[str, Any]]) -> list[str]:
     """Every new checkpoint the receipt names is live now, or was replaced since by a later
     request (followed along the chain of replacements), a revert or a training."""
     live = {(r.shard, r.slice): r.sha256 for r in workspace.checkpoints().checkpoints}
-    later = [r for r in read_requests(workspace.ledger_path) if r["request"] > request]
+    later = [r for r in requests if r["request"] > request]
     versions = [v for v in read_versions(workspace.ledger_path) if v["state"] in ("done", "replaced", "reverted")]
     issued_version = (body.get("request") or {}).get("version") or 0
     retrained = any(v["kind"] == "train" and v["version"] > issued_version for v in versions)

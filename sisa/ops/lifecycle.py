@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 import numpy as np
@@ -37,7 +36,7 @@ from sisa.settings import MAX_COUNT
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
 from sisa.workspace.files import Workspace, file_ids
-from sisa.workspace.ledger import Ledger, read_ledger, read_versions
+from sisa.workspace.ledger import Ledger, read_ledger, read_versions, utc_now
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import Batch, WorkspaceManifest
 from sisa.workspace.rows import rows_to_parquet
@@ -63,7 +62,7 @@ def add_rows(workspace: Workspace, batch: Table, *, slices: int = 1, epochs: Opt
                                                    "spec": spec})
         crash_point("add-after-ledger")
         new = _append(workspace, manifest, batch.ids, labels, X,
-                      Batch(version, (epochs,) * slices, len(batch), _now()))
+                      Batch(version, (epochs,) * slices, len(batch), utc_now()))
         workspace.save(new)  # the commit point: the rows are in
         crash_point("add-after-manifest")
         _unlink_replaced(workspace, manifest, new)
@@ -172,10 +171,6 @@ def _plus(count: Optional[int], change: int) -> Optional[int]:
     return None if count is None else count + change
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # ---------------------------------------------------------------------------------- revert
 
 def revert(workspace: Workspace, to: int, *, executor: Optional[Executor] = None,
@@ -195,8 +190,7 @@ def revert(workspace: Workspace, to: int, *, executor: Optional[Executor] = None
         with Ledger(workspace.ledger_path) as ledger:
             ensure_base(ledger, manifest)
             version = ledger.begin_version("revert", {"to": to, "removed": [b.version for b in removed],
-                                                      "slices_kept": manifest.settings.slices
-                                                      + sum(len(b.epochs) for b in keep)})
+                                                      "slices_kept": manifest.replace(batches=keep).n_slices})
         crash_point("revert-after-ledger")
         new = _truncate(workspace, manifest, keep, version)
         workspace.save(new)  # the commit point: the rows are out
@@ -235,7 +229,7 @@ def _truncate(workspace: Workspace, manifest: WorkspaceManifest, keep: tuple[Bat
               version: int) -> WorkspaceManifest:
     """Rewrite every shard file that holds rows of a reverted batch without them; returns the
     manifest that names the new files (not yet saved)."""
-    slices = manifest.settings.slices + sum(len(b.epochs) for b in keep)
+    slices = manifest.replace(batches=keep).n_slices
     shards, removed = [], 0
     for entry in manifest.shards:
         entry = dataclasses.replace(entry, slice_rows=tuple((entry.slice_rows or ())[:slices]))

@@ -21,15 +21,16 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
     shard_files = [{"shard": e.shard, "file": e.file,
                     "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256} for e in manifest.shards]
     counts = read_counts(workspace.ledger_path)
+    unfinished = [v["version"] for v in read_open_versions(workspace.ledger_path)]
     data = manifest.data
     try:
         check_source(settings.model, manifest.model_source)
         model_changed = None
     except ModelChanged as exc:
-        model_changed = str(exc).split(". Its checkpoints")[0]
+        model_changed = exc.summary
     return {
         "model_source_changed": model_changed,
-        "unfinished_versions": [v["version"] for v in read_open_versions(workspace.ledger_path)],
+        "unfinished_versions": unfinished,
         "deletions": {"deleted_ids": counts["deleted_ids"], "pending": counts["pending"] + counts["retrained"]},
         "left_out_shards": sorted(ensemble.pending_shards),
         "environment_differences": environment_differences(ensemble.checkpoints.environment, settings),
@@ -50,7 +51,7 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
         "shard_files": shard_files,
         "checkpoints": checkpoints,
         "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files)
-              and not read_open_versions(workspace.ledger_path),
+              and not unfinished,
     }
 
 

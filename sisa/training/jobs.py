@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -71,27 +71,18 @@ class ShardJob:
     @classmethod
     def for_shard(cls, workdir: str, manifest: WorkspaceManifest, entry: DataFile, **options: Any) -> "ShardJob":
         """The job that trains ``entry``'s shard of the workspace ``manifest`` describes."""
-        from sisa.models import model_source
+        from sisa.models import import_root
 
-        source = model_source(manifest.settings.model)
         return cls(workdir, entry.shard, manifest.settings, DataSpec.from_info(manifest.data), entry.file,
                    entry.sha256, slice_rows=entry.slice_rows or (), epochs=manifest.schedule(),
-                   import_root=source["root"] if source else None, **options)
+                   import_root=import_root(manifest.settings.model), **options)
 
     def schedule(self) -> tuple[int, ...]:
         return self.epochs or tuple(self.settings.slice_epochs())
 
     def epochs_of(self, slice_: int, rows: int, own_rows: int) -> int:
-        """Epochs slice ``slice_`` trains on its ``rows`` (those of slices 0..slice_), of which
-        ``own_rows`` are its own. None without rows. A slice added by ``sisa add`` (past the
-        training's R) without rows of its own trains none either: its checkpoint is the one
-        before it again, so a batch that brings a shard nothing costs that shard nothing, and a
-        deletion that empties such a slice gives what adding the batch without the row gives.
-        (A slice of the training itself that is empty still trains its epochs on the rows
-        before it, as it always has.)"""
-        if not rows or (slice_ >= self.settings.slices and not own_rows):
-            return 0
-        return self.schedule()[slice_]
+        """Epochs slice ``slice_`` trains (:func:`slice_epochs_of`)."""
+        return slice_epochs_of(self.schedule(), self.settings.slices, slice_, rows, own_rows)
 
     def sample_passes(self) -> int:
         """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
@@ -110,6 +101,19 @@ class ShardResult:
     test_probas: Optional[np.ndarray] = None
     host: str = field(default_factory=platform.node)
     """The machine that wrote the checkpoint files (a Ray worker node, or this one)."""
+
+
+def slice_epochs_of(schedule: Sequence[int], base_slices: int, slice_: int, rows: int, own_rows: int) -> int:
+    """Epochs slice ``slice_`` trains on its ``rows`` (those of slices 0..slice_), of which
+    ``own_rows`` are its own; ``schedule`` gives every slice's epochs, ``base_slices`` is the
+    training's R. None without rows. A slice added by ``sisa add`` (past R) without rows of
+    its own trains none either: its checkpoint is the one before it again, so a batch that
+    brings a shard nothing costs that shard nothing, and a deletion that empties such a slice
+    gives what adding the batch without the row gives. (A slice of the training itself that is
+    empty still trains its epochs on the rows before it, as it always has.)"""
+    if not rows or (slice_ >= base_slices and not own_rows):
+        return 0
+    return schedule[slice_]
 
 
 def derive_seed(*parts: Any) -> int:

@@ -79,8 +79,13 @@ def _prepare_file(path: Path) -> None:
         raise SisaError(f"cannot create the deletion ledger {path}: {exc}") from None
 
 
+def utc_now(timespec: str = "seconds") -> str:
+    """The time in UTC as ISO 8601 text (the ledger keeps microseconds, to order its events)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
+
+
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return utc_now("microseconds")
 
 
 class Ledger:
@@ -146,10 +151,8 @@ class Ledger:
         requests' recorded detail."""
         with self._db:
             for request in requests:
-                row = self._db.execute("SELECT detail FROM requests WHERE request = ?", (request,)).fetchone()
-                merged = dict(_json(row[0] if row else None), **detail)
                 self._db.execute("UPDATE requests SET detail = ? WHERE request = ?",
-                                 (json.dumps(merged, sort_keys=True), request))
+                                 (self._merged("requests", "request", request, detail), request))
 
     # ------------------------------------------------------------------------------- versions
 
@@ -180,10 +183,13 @@ class Ledger:
         assert state in VERSION_STATES
         with self._db:
             for version in versions:
-                row = self._db.execute("SELECT detail FROM versions WHERE version = ?", (version,)).fetchone()
-                merged = dict(_json(row[0] if row else None), **(detail or {}))
                 self._db.execute("UPDATE versions SET state = ?, updated = ?, detail = ? WHERE version = ?",
-                                 (state, _now(), json.dumps(merged, sort_keys=True), version))
+                                 (state, _now(), self._merged("versions", "version", version, detail or {}), version))
+
+    def _merged(self, table: str, key: str, number: int, detail: dict[str, Any]) -> str:
+        """The recorded detail (JSON) of row ``number`` of ``table`` with ``detail`` merged in."""
+        row = self._db.execute(f"SELECT detail FROM {table} WHERE {key} = ?", (number,)).fetchone()
+        return json.dumps(dict(_json(row[0] if row else None), **detail), sort_keys=True)
 
     def versions(self) -> list[dict[str, Any]]:
         return _versions(self._db)
@@ -246,6 +252,17 @@ def read_ledger(path: Path) -> tuple[dict[str, Deleted], list[int]]:
 def read_pending(path: Path) -> dict[str, Deleted]:
     """Deleted ids of requests not yet committed (read-only)."""
     return _read_only(path, lambda db: _deleted(db, _PENDING), {})
+
+
+def has_open_work(path: Path) -> bool:
+    """Whether a request or a version is begun and not finished (read-only, one query each)."""
+    def query(db) -> bool:
+        if db.execute("SELECT 1 FROM requests WHERE state != 'committed' LIMIT 1").fetchone():
+            return True
+        return _has_table(db, "versions") and bool(
+            db.execute("SELECT 1 FROM versions WHERE state = 'pending' LIMIT 1").fetchone())
+
+    return _read_only(path, query, False)
 
 
 def read_open_versions(path: Path) -> list[dict[str, Any]]:
