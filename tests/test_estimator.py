@@ -62,11 +62,11 @@ def test_a_failed_checkpoint_write_leaves_no_partial_workspace(tmp_path, monkeyp
     calls = {"n": 0}
     real = Workspace.write_checkpoint
 
-    def full_disk(self, name, state):
+    def full_disk(self, name, data):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError(28, "No space left on device")
-        return real(self, name, state)
+        return real(self, name, data)
 
     monkeypatch.setattr(Workspace, "write_checkpoint", full_disk)
     result = run_cli("train", "--workdir", tmp_path, "--epochs", "1", "--shards", "2", "--slices", "2")

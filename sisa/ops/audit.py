@@ -9,7 +9,6 @@ checkpoints bit for bit.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -17,9 +16,10 @@ import numpy as np
 from sisa.errors import ModelChanged, SisaError
 from sisa.ids import ids_digest, key_text
 from sisa.ops.commit import TEST_SHARD, check_model_source
-from sisa.training.executors import run_unit
+from sisa.training.executors import run_carried
 from sisa.training.jobs import DataSpec, ShardJob
 from sisa.training.numerics import environment_differences
+from sisa.workspace.carried import CarriedFiles
 from sisa.workspace.files import Workspace, sha256_file
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
@@ -32,8 +32,6 @@ from sisa.workspace.manifest import (
 from sisa.workspace.orphans import orphan_files
 from sisa.workspace.rows import ShardRows
 from sisa.workspace.staging import (
-    REPLAY_PREFIX,
-    make_scratch,
     scratch_folders,
     swap_path,
 )
@@ -195,21 +193,11 @@ def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: Data
     live = {r.slice: r.sha256 for r in checkpoints.of_shard(shard)}
     if not entry.rows:
         return None if not live else f"shard {shard} is empty but still has checkpoints"
-    # Replayed inside the workspace, never in /tmp: a copy of the shard that outlived a killed
-    # audit would hold personal data nobody knows of. Commands that write remove the folder,
-    # and audit reports one that is left.
-    tmp = make_scratch(workspace, REPLAY_PREFIX)
-    try:
-        scratch = Workspace(tmp)
-        scratch.shards_dir.mkdir(parents=True)
-        try:
-            shutil.copyfile(workspace.shards_dir / entry.file, scratch.shards_dir / entry.file)
-        except OSError as exc:
-            raise SisaError(f"cannot copy {entry.file} for replay: {exc}") from None
-        # as training ran it: alone, or in its vectorised group's position
-        result = run_unit([ShardJob.for_shard(str(tmp), manifest, entry)])[0]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Replayed in memory: no copy of the shard's rows, and no checkpoint, is written anywhere
+    # (a copy that outlived a killed audit would hold personal data nobody knows of). As
+    # training ran it: alone, or in its vectorised group's position.
+    job = ShardJob.for_shard(str(workspace.root), manifest, entry)
+    result = run_carried([job], CarriedFiles.gather(workspace, [entry.file], []))[0]
     fresh = {r.slice: r.sha256 for r in result.checkpoints}
     if fresh != live:
         bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))

@@ -22,7 +22,7 @@ from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import ids_digest, key_text
 from sisa.models import check_source, model_source
-from sisa.training.executors import Executor, make_executor, verify_result
+from sisa.training.executors import Executor, accept_result, make_executor
 from sisa.training.jobs import DataSpec, Progress, ShardJob
 from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import (
@@ -243,7 +243,7 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
         crash_point("mid-retrain")
 
     for result in (executor or make_executor("local")).run(jobs, record_progress):
-        verify_result(workspace, result)
+        accept_result(workspace, result)
         workspace.save(workspace.checkpoints().with_records(result.checkpoints))
 
 

@@ -22,7 +22,7 @@ from sisa.models import build_model, check_output, model_source
 from sisa.ops.commit import ensure_base
 from sisa.ops.ensemble import Ensemble
 from sisa.settings import Settings
-from sisa.training.executors import Executor, make_executor, verify_result
+from sisa.training.executors import Executor, accept_result, make_executor
 from sisa.training.jobs import Progress, ShardJob
 from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import Ledger, carry, read_ledger
@@ -269,7 +269,7 @@ def _train_shards(stage: Workspace, manifest: WorkspaceManifest, *, executor, pr
             for e in manifest.shards if e.rows]
     records, environments, test_probas = [], [], {}
     for result in (executor or make_executor("local")).run(jobs, progress):
-        verify_result(stage, result)
+        accept_result(stage, result)
         records.extend(result.checkpoints)
         environments.append(result.environment)
         test_probas[result.shard] = result.test_probas

@@ -2,19 +2,22 @@
 
 An executor takes a list of :class:`~sisa.training.jobs.ShardJob` and yields a
 :class:`~sisa.training.jobs.ShardResult` for each, in the order they finish. Jobs write only their
-own checkpoint files; manifests are the caller's.
+own checkpoint files (or, under Ray, return their bytes); manifests are the caller's, and the
+caller accepts each result with :func:`accept_result` before a manifest names its checkpoints.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
-from sisa.training.jobs import Progress, ShardJob, ShardResult
+from sisa.training.jobs import JobFiles, Progress, ShardJob, ShardResult
 from sisa.training.slices import run_shard_job
 from sisa.training.vectorised import run_group
+from sisa.workspace.carried import CarriedFiles
+from sisa.workspace.files import Workspace
 
 
 class Executor(Protocol):
@@ -41,15 +44,20 @@ class RayExecutor:
     """One Ray task per shard job (per vectorised group when the settings' ``vectorise`` > 1),
     on this machine or on a Ray cluster.
 
-    Each task trains its shard's slices in order and writes its checkpoint files atomically;
-    results stream back as shards finish. A task whose worker process dies is retried (up to
-    ``retries`` times); its result is identical, since a job depends only on its inputs and
-    rewrites the same files. Without ``address`` a local Ray instance is started with the
-    dashboard off, its files under the system temporary folder, never in the workspace.
+    Workers never touch the workspace folder, so a cluster needs no shared storage: the driver
+    sends each task the bytes of the files it reads (its shard's rows, the checkpoint it starts
+    from, the test rows) through Ray's object store (:class:`~sisa.workspace.carried.CarriedFiles`);
+    the task trains its shard's slices in order and returns its checkpoints' bytes, which the
+    driver checks against their sha256 and writes (:func:`accept_result`). Results stream back
+    as shards finish. A task whose worker process dies is retried (up to ``retries`` times); its
+    result is identical, since a job depends only on its inputs. Without ``address`` a local Ray
+    instance is started with the dashboard off, its files under the system temporary folder,
+    never in the workspace.
 
     Args:
-        address: an existing cluster to join (``ray start --head`` prints it); the workspace
-            must then sit on storage that every node mounts at the same path.
+        address: an existing cluster to join (``ray start --head`` prints it). Its nodes need
+            sisa and its dependencies installed (and a model of the user's own importable),
+            not the workspace.
         cpus_per_shard: CPUs Ray reserves for each task (default: the settings' threads).
         gpus_per_shard: GPUs for each task; fractions let several shards share one GPU.
         retries: how often a task whose worker died is run again.
@@ -69,11 +77,14 @@ class RayExecutor:
         _ensure_ray(ray, self.address)
         task = ray.remote(_ray_job)
         cpus = self.cpus_per_shard if self.cpus_per_shard is not None else jobs[0].settings.threads
+        workspace = Workspace(jobs[0].workdir)
+        shared = _shared_inputs(ray, workspace, jobs)
         pending = {}
         for unit in work_units(jobs):
             name = f"sisa-shard-{unit[0].shard}" + (f"-{unit[-1].shard}" if len(unit) > 1 else "")
+            inputs = _unit_inputs(ray, workspace, unit, shared)
             ref = task.options(num_cpus=cpus, num_gpus=self.gpus_per_shard, max_retries=self.retries,
-                               retry_exceptions=False, name=name).remote(unit)
+                               retry_exceptions=False, name=name).remote(unit, list(inputs), *inputs.values())
             pending[ref] = unit
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -130,9 +141,40 @@ def _ensure_ray(ray, address: Optional[str]) -> None:
         raise SisaError(f"cannot start or reach Ray{' at ' + address if address else ''}: {exc}") from None
 
 
-def _ray_job(unit: Sequence[ShardJob]) -> list[ShardResult]:
-    """Runs on a Ray worker: one job, or one vectorised group."""
-    return run_unit(unit)
+def _shared_inputs(ray, workspace: Workspace, jobs: Sequence[ShardJob]) -> dict[tuple[str, str], Any]:
+    """Object refs of the files every task reads (the test rows), put in Ray's store once."""
+    tests = {job.evaluate[0] for job in jobs if job.evaluate is not None}
+    return {("data", name): ray.put(workspace.read_data_bytes(name)) for name in sorted(tests)}
+
+
+def _unit_inputs(ray, workspace: Workspace, unit: Sequence[ShardJob],
+                 shared: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    """(kind, name) -> the bytes (or an object ref of them) of every file ``unit`` reads."""
+    inputs: dict[tuple[str, str], Any] = {}
+    for job in unit:
+        inputs[("data", job.shard_file)] = workspace.read_data_bytes(job.shard_file)
+        if job.start is not None:
+            inputs[("checkpoint", job.start.file)] = workspace.read_checkpoint_bytes(job.start)
+        if job.evaluate is not None:
+            inputs[("data", job.evaluate[0])] = shared[("data", job.evaluate[0])]
+    return inputs
+
+
+def _ray_job(unit: Sequence[ShardJob], names: list[tuple[str, str]], *contents: bytes) -> list[ShardResult]:
+    """Runs on a Ray worker: one job, or one vectorised group, on the files sent with it
+    (Ray resolves the object refs among ``contents`` before the call)."""
+    files = CarriedFiles({name: data for (kind, name), data in zip(names, contents) if kind == "data"},
+                         {name: data for (kind, name), data in zip(names, contents) if kind == "checkpoint"})
+    return run_carried(unit, files)
+
+
+def run_carried(unit: Sequence[ShardJob], files: CarriedFiles) -> list[ShardResult]:
+    """Run ``unit`` on ``files`` alone (never the workspace folder); each result returns the
+    bytes of its checkpoints for :func:`accept_result` to write."""
+    results = run_unit(unit, files=files)
+    for result in results:
+        result.files = {r.file: files.written[r.file] for r in result.checkpoints}
+    return results
 
 
 AUTO_RAY_MIN_WORK = 2e10
@@ -183,25 +225,30 @@ def make_executor(name: str, **options) -> Executor:
     return factory(**{k: v for k, v in options.items() if v is not None})
 
 
-def verify_result(workspace, result: ShardResult) -> None:
-    """Check that every checkpoint a job reports is here, whole (size and sha256), before any
-    manifest names it. A Ray worker that does not see the workspace folder (a cluster without
-    shared storage) writes its files elsewhere; committing its records would name files the
-    driver cannot read."""
-    import platform
+def accept_result(workspace: Workspace, result: ShardResult) -> None:
+    """Make ``result``'s checkpoints part of ``workspace``'s files, or refuse it, before any
+    manifest names them: the bytes a task returned (:attr:`ShardResult.files`) are checked
+    against their records' sha256 and size and written; every checkpoint is then checked on
+    disk, whole. A job that wrote its files where this process cannot see them (a custom
+    executor on a machine without the workspace) is refused here, never committed."""
+    from sisa.workspace.files import sha256_bytes, sha256_file
 
-    from sisa.workspace.files import sha256_file
-
+    for record in result.checkpoints:
+        data = result.files.get(record.file)
+        if data is not None:
+            if sha256_bytes(data) != record.sha256 or len(data) != record.bytes:
+                raise SisaError(f"shard {record.shard} slice {record.slice}: the checkpoint returned by host "
+                                f"{result.host!r} does not match its sha256; nothing was committed")
+            workspace.write_checkpoint(record.file, data)
     for record in result.checkpoints:
         path = workspace.checkpoints_dir / record.file
         size = path.stat().st_size if path.is_file() else None
         if size is None or size != (record.bytes if record.bytes is not None else size) or sha256_file(path) != record.sha256:
-            where = "this machine" if result.host == platform.node() else f"host {result.host!r}"
             raise SisaError(
-                f"shard {record.shard} slice {record.slice}: the checkpoint the task reported "
-                f"({record.file}, written on {where}) is {'missing' if size is None else 'different'} "
-                f"at {path}; nothing was committed. Every Ray node must see the workspace folder at "
-                f"the same path (shared storage)")
+                f"shard {record.shard} slice {record.slice}: the checkpoint the job reported "
+                f"({record.file}, made on host {result.host!r}) is {'missing' if size is None else 'different'} "
+                f"at {path}; nothing was committed. A job that does not see this workspace folder must "
+                f"return its checkpoints' bytes (as sisa's Ray executor does)")
 
 
 def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:
@@ -217,12 +264,13 @@ def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:
     return [by_group[g] for g in sorted(by_group)]
 
 
-def run_unit(unit: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
-    """Run one unit of :func:`work_units`."""
+def run_unit(unit: Sequence[ShardJob], progress: Optional[Progress] = None,
+             files: Optional[JobFiles] = None) -> list[ShardResult]:
+    """Run one unit of :func:`work_units`, on the jobs' workspace or on ``files``."""
     from sisa.models import add_import_root
 
     add_import_root(unit[0].import_root)  # a model of the user's own, where the driver found it
     if unit[0].settings.vectorise == 1:
-        return [run_shard_job(job, progress) for job in unit]
-    return run_group(unit, progress)
+        return [run_shard_job(job, progress, files) for job in unit]
+    return run_group(unit, progress, files)
 

@@ -30,6 +30,17 @@ class StepObserver(Protocol):
     def after_step(self, batch: Any) -> None: ...
 
 
+class JobFiles(Protocol):
+    """What a job reads and writes: a :class:`~sisa.workspace.files.Workspace`, or the
+    :class:`~sisa.workspace.carried.CarriedFiles` a job on a Ray worker gets."""
+
+    def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> Any: ...
+
+    def load_checkpoint(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]: ...
+
+    def write_checkpoint(self, name: str, data: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """How to read stored rows: feature shape and dtype, fixed scale, number of classes."""
@@ -100,7 +111,10 @@ class ShardResult:
     seconds: float = 0.0
     test_probas: Optional[np.ndarray] = None
     host: str = field(default_factory=platform.node)
-    """The machine that wrote the checkpoint files (a Ray worker node, or this one)."""
+    """The machine that trained the shard (a Ray worker node, or this one)."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    """The checkpoints' bytes by file name, when the job carried its files
+    (:class:`~sisa.workspace.carried.CarriedFiles`) and the caller writes them."""
 
 
 def slice_epochs_of(schedule: Sequence[int], base_slices: int, slice_: int, rows: int, own_rows: int) -> int:

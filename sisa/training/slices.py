@@ -24,6 +24,7 @@ from sisa.ids import ids_digest
 from sisa.settings import Settings
 from sisa.training.jobs import (
     DataSpec,
+    JobFiles,
     Progress,
     ShardJob,
     ShardResult,
@@ -31,26 +32,14 @@ from sisa.training.jobs import (
     derive_seed,
 )
 from sisa.training.numerics import deterministic_torch, numerics_environment
-from sisa.workspace.files import Workspace
+from sisa.workspace.files import (
+    Workspace,
+    checkpoint_bytes,
+    checkpoint_name,
+    decode_checkpoint,
+    sha256_bytes,
+)
 from sisa.workspace.manifest import CheckpointRecord
-
-"""Called after each slice with the new checkpoint record (shard, slice, samples, seconds...)."""
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def make_training_state(settings: Settings, data: DataSpec, shard: int):
@@ -134,7 +123,7 @@ def resume_training(settings: Settings, data: DataSpec, shard: int, state: Optio
     return training, dict(state["counters"])
 
 
-def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, training, counters: dict[str, int],
+def save_slice(files: JobFiles, shard: int, slice_: int, ids: np.ndarray, training, counters: dict[str, int],
                *, epochs: int, steps: int) -> tuple[dict[str, Any], CheckpointRecord]:
     """Write the checkpoint of ``shard`` after ``slice_``, trained ``epochs`` epochs (``steps``
     steps) on the rows ``ids``; returns the state as read back (what the next slice resumes
@@ -150,22 +139,24 @@ def save_slice(workspace: Workspace, shard: int, slice_: int, ids: np.ndarray, t
         "counters": dict(counters, shard=shard, slice=slice_, samples=n),
     }
     ids_sha256 = ids_digest(ids)
-    name = workspace.checkpoint_name(shard, slice_, ids_sha256)
-    sha256 = workspace.write_checkpoint(name, state)
-    size = (workspace.checkpoints_dir / name).stat().st_size
-    record = CheckpointRecord(shard=shard, slice=slice_, file=name, sha256=sha256, ids_sha256=ids_sha256,
-                              samples=n, epochs=epochs, bytes=size)
-    return workspace.load_checkpoint(record), record
+    name = checkpoint_name(shard, slice_, ids_sha256)
+    data = checkpoint_bytes(state)
+    files.write_checkpoint(name, data)
+    record = CheckpointRecord(shard=shard, slice=slice_, file=name, sha256=sha256_bytes(data), ids_sha256=ids_sha256,
+                              samples=n, epochs=epochs, bytes=len(data))
+    return decode_checkpoint(data, record, name), record
 
 
-def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardResult:
-    """Train the job's slices and write their checkpoints; returns the checkpoint records."""
+def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
+                  files: Optional[JobFiles] = None) -> ShardResult:
+    """Train the job's slices and write their checkpoints; returns the checkpoint records.
+    The job reads and writes the workspace at ``job.workdir``, or ``files`` when given."""
     import torch
 
     settings, data = job.settings, job.data
-    workspace = Workspace(job.workdir)
+    files = files if files is not None else Workspace(job.workdir)
     started = time.perf_counter()
-    rows = workspace.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
+    rows = files.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
     records = []
     # Optimizers import torch._dynamo on first use (about 2 s); importing it here keeps that
     # one-time cost out of the slice timings that deletion estimates are made from.
@@ -175,7 +166,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
         environment = numerics_environment(settings)
         X = torch.from_numpy(np.array(rows.X, copy=True)).to(settings.device)
         y = torch.from_numpy(rows.label).to(settings.device)
-        state = workspace.load_checkpoint(job.start) if job.start is not None else None
+        state = files.load_checkpoint(job.start) if job.start is not None else None
         if (state is None) != (job.from_slice == 0):
             raise ValueError("a job from slice 0 starts fresh; any later slice needs a start checkpoint")
         for slice_ in range(job.from_slice, len(job.schedule())):
@@ -189,7 +180,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
                                     data=data, shard=job.shard, slice_=slice_, epochs=epochs)
             except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
                 raise SisaError(f"training shard {job.shard} slice {slice_} failed: {exc}") from exc
-            state, record = save_slice(workspace, job.shard, slice_, rows.ids[:n], (model, optimizer, scheduler),
+            state, record = save_slice(files, job.shard, slice_, rows.ids[:n], (model, optimizer, scheduler),
                                        counters, epochs=epochs, steps=steps)
             record = record.timed(time.perf_counter() - slice_started)
             records.append(record)
@@ -198,7 +189,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None) -> ShardRe
             crash_point("worker-mid-shard")
         test_probas = None
         if job.evaluate is not None and state is not None:
-            test = workspace.read_data_file(job.evaluate[0], job.evaluate[1], data.shape, data.dtype)
+            test = files.read_data_file(job.evaluate[0], job.evaluate[1], data.shape, data.dtype)
             test_probas = predict_probas(state["model"], test.X, settings=settings, data=data)
     return ShardResult(job.shard, records, environment, time.perf_counter() - started, test_probas)
 

@@ -44,7 +44,14 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.training.jobs import DataSpec, Progress, ShardJob, ShardResult, derive_seed
+from sisa.training.jobs import (
+    DataSpec,
+    JobFiles,
+    Progress,
+    ShardJob,
+    ShardResult,
+    derive_seed,
+)
 from sisa.training.numerics import deterministic_torch, numerics_environment
 from sisa.training.slices import (
     predict_probas,
@@ -92,15 +99,17 @@ class _Stack:
     state: dict[Any, dict[str, Any]]
 
 
-def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> list[ShardResult]:
-    """Train the shards of one group (all in the same group) together; one result per job."""
+def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None,
+              files: Optional[JobFiles] = None) -> list[ShardResult]:
+    """Train the shards of one group (all in the same group) together; one result per job.
+    The jobs read and write their workspace, or ``files`` when given."""
     import torch
     import torch._dynamo  # noqa: F401  - optimizers import it on first use; keep it out of slice timings
 
     settings = jobs[0].settings
     if len({job.shard // settings.vectorise for job in jobs}) != 1:
         raise ValueError("run_group takes the jobs of one group")
-    workspace = Workspace(jobs[0].workdir)
+    workspace = files if files is not None else Workspace(jobs[0].workdir)
     started = time.perf_counter()
     members = _read_members(workspace, jobs)
     with deterministic_torch(settings):
@@ -118,7 +127,7 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> 
         return [_result(workspace, m, environment, started) for m in members]
 
 
-def _read_members(workspace: Workspace, jobs: Sequence[ShardJob]) -> list[_Member]:
+def _read_members(workspace: JobFiles, jobs: Sequence[ShardJob]) -> list[_Member]:
     """The group's members, each with its shard's rows and their place in the stacked rows."""
     data, width = jobs[0].data, jobs[0].settings.vectorise
     members, offset = [], 0
@@ -129,7 +138,7 @@ def _read_members(workspace: Workspace, jobs: Sequence[ShardJob]) -> list[_Membe
     return members
 
 
-def _run_slice(workspace: Workspace, members: list[_Member], slice_: int, X, y,
+def _run_slice(workspace: JobFiles, members: list[_Member], slice_: int, X, y,
                progress: Optional[Progress]) -> None:
     """Train and checkpoint one slice of the members that have reached it."""
     settings, data = members[0].job.settings, members[0].job.data
@@ -164,7 +173,7 @@ def _run_slice(workspace: Workspace, members: list[_Member], slice_: int, X, y,
             progress(record)
 
 
-def _result(workspace: Workspace, m: _Member, environment, started: float) -> ShardResult:
+def _result(workspace: JobFiles, m: _Member, environment, started: float) -> ShardResult:
     test_probas = None
     if m.job.evaluate is not None and m.state is not None:
         settings, data = m.job.settings, m.job.data

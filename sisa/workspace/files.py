@@ -486,15 +486,21 @@ class Workspace:
         return self.write_versioned(f"shard-{shard:03d}", data)
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
-        path = self.shards_dir / name
+        return decode_rows(self.read_data_bytes(name), sha256, self.shards_dir / name, shape, dtype)
+
+    def read_data_bytes(self, name: str) -> bytes:
+        """The bytes of data file ``name`` (unchecked: :func:`decode_rows` checks them)."""
         try:
-            data = self._read(("shards", name))
+            return self._read(("shards", name))
         except OSError as exc:
-            raise SisaError(f"cannot read shard file {path}: {exc}") from None
-        if sha256_bytes(data) != sha256:
-            raise SisaError(f"shard file {path} does not match its recorded sha256: "
-                            f"it was changed or damaged")
-        return parquet_to_rows(data, tuple(shape), dtype)
+            raise SisaError(f"cannot read shard file {self.shards_dir / name}: {exc}") from None
+
+    def read_checkpoint_bytes(self, record: CheckpointRecord) -> bytes:
+        """The bytes of ``record``'s checkpoint (unchecked: :func:`decode_checkpoint` checks them)."""
+        try:
+            return self._read(("checkpoints", *record.file.split("/")))
+        except OSError as exc:
+            raise SisaError(f"cannot read checkpoint {self.checkpoints_dir / record.file}: {exc}") from None
 
     # -- checkpoints
     @property
@@ -502,43 +508,63 @@ class Workspace:
         return self.shards_dir / "ledger.sqlite"
 
     def checkpoint_name(self, shard: int, slice_: int, ids_sha256: str) -> str:
-        return f"shard-{shard:03d}/slice-{slice_:02d}-{ids_sha256[:16]}.pt"
+        return checkpoint_name(shard, slice_, ids_sha256)
 
-    def write_checkpoint(self, name: str, state: dict[str, Any]) -> str:
-        """Save ``state`` atomically; returns the sha256 of the bytes written."""
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getvalue()
+    def write_checkpoint(self, name: str, data: bytes) -> None:
+        """Write a checkpoint's bytes (:func:`checkpoint_bytes`) atomically."""
         self._write(("checkpoints", *name.split("/")), data)
-        return sha256_bytes(data)
 
     def load_checkpoint(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]:
         """Load a checkpoint after checking its sha256; never unpickles arbitrary objects."""
-        import torch
-
-        path = self.checkpoints_dir / record.file
-        try:
-            data = self._read(("checkpoints", *record.file.split("/")))
-        except OSError as exc:
-            raise SisaError(f"cannot read checkpoint {path}: {exc}") from None
-        if sha256_bytes(data) != record.sha256:
-            raise SisaError(f"checkpoint {path} (shard {record.shard}, slice {record.slice}) "
-                            f"does not match its recorded sha256: it was changed or damaged")
-        try:
-            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception as exc:  # weights_only refuses anything but tensors and plain containers
-            # torch's own message advises weights_only=False, i.e. running the file's code: keep
-            # only its first line, which says what was refused
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "weights_only" in reason:
-                reason = "it holds objects other than tensors and plain containers"
-            raise SisaError(f"refusing to load checkpoint {path}: {reason}. Never unpickle it; restore it "
-                            f"with 'sisa repair'") from None
+        return decode_checkpoint(self.read_checkpoint_bytes(record), record, self.checkpoints_dir / record.file,
+                                 map_location)
 
     def verify_checkpoint(self, record: CheckpointRecord) -> bool:
         return self._sha256(("checkpoints", *record.file.split("/"))) == record.sha256
+
+
+def checkpoint_name(shard: int, slice_: int, ids_sha256: str) -> str:
+    """Where the checkpoint of ``shard`` after ``slice_`` on the ids with digest ``ids_sha256``
+    lives, under ``checkpoints/``."""
+    return f"shard-{shard:03d}/slice-{slice_:02d}-{ids_sha256[:16]}.pt"
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """A checkpoint's bytes: ``state`` (tensors and plain containers) as ``torch.save`` writes
+    it, always the same bytes for the same state."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def decode_checkpoint(data: bytes, record: CheckpointRecord, shown: os.PathLike | str,
+                      map_location: str = "cpu") -> dict[str, Any]:
+    """The state in a checkpoint's bytes, after checking them against ``record``'s sha256;
+    never unpickles arbitrary objects. ``shown`` names the file in messages."""
+    import torch
+
+    if sha256_bytes(data) != record.sha256:
+        raise SisaError(f"checkpoint {shown} (shard {record.shard}, slice {record.slice}) "
+                        f"does not match its recorded sha256: it was changed or damaged")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # weights_only refuses anything but tensors and plain containers
+        # torch's own message advises weights_only=False, i.e. running the file's code: keep
+        # only its first line, which says what was refused
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in reason:
+            reason = "it holds objects other than tensors and plain containers"
+        raise SisaError(f"refusing to load checkpoint {shown}: {reason}. Never unpickle it; restore it "
+                        f"with 'sisa repair'") from None
+
+
+def decode_rows(data: bytes, sha256: str, shown: os.PathLike | str, shape, dtype: str) -> ShardRows:
+    """The rows in a data file's bytes, after checking them against ``sha256``."""
+    if sha256_bytes(data) != sha256:
+        raise SisaError(f"shard file {shown} does not match its recorded sha256: it was changed or damaged")
+    return parquet_to_rows(data, tuple(shape), dtype)
 
 
 def file_ids(workspace: Workspace, entry: DataFile) -> tuple[np.ndarray, np.ndarray]:

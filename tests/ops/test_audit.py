@@ -15,7 +15,7 @@ def _replay_with_other_bits(monkeypatch):
     """Make the replay's fresh checkpoints differ, as a change in training code would."""
     import sisa.ops.audit
 
-    real = sisa.ops.audit.run_unit
+    real = sisa.ops.audit.run_carried
 
     def changed(jobs, *args):
         results = real(jobs, *args)
@@ -23,7 +23,7 @@ def _replay_with_other_bits(monkeypatch):
             result.checkpoints = [dataclasses.replace(r, sha256="0" * 64) for r in result.checkpoints]
         return results
 
-    monkeypatch.setattr(sisa.ops.audit, "run_unit", changed)
+    monkeypatch.setattr(sisa.ops.audit, "run_carried", changed)
 
 
 def test_a_replay_mismatch_names_the_version_that_trained(small_trained, tmp_path, monkeypatch):

@@ -150,22 +150,31 @@ def test_repair_refuses_a_source_with_other_rows(small_trained, tmp_path, small_
 
 # -- 10. no copy of a shard outlives a command
 
-def test_replay_happens_inside_the_workspace_and_leaves_nothing(small_trained, tmp_path, monkeypatch):
+def test_replay_writes_no_file_anywhere(small_trained, tmp_path, monkeypatch):
     ws = copy_workspace(small_trained, tmp_path)
     run_cli("delete", "--workdir", ws, "--ids", training_ids(ws)[0])
     import sisa.ops.audit
+    from sisa.workspace.carried import CarriedFiles
 
     seen = []
-    real = sisa.ops.audit.run_unit
+    real = sisa.ops.audit.run_carried
 
-    def spy(jobs, *args):
-        seen.extend(job.workdir for job in jobs)
-        assert Path(jobs[0].workdir).parent == ws.resolve()
-        return real(jobs, *args)
+    def spy(jobs, files):
+        assert isinstance(files, CarriedFiles)  # the shard's rows in memory, not a copy on disk
+        result = real(jobs, files)
+        seen.append(len(files.written))
+        return result
 
-    monkeypatch.setattr(sisa.ops.audit, "run_unit", spy)
+    monkeypatch.setattr(sisa.ops.audit, "run_carried", spy)
+    def files():  # the ledger's reader leaves SQLite's shared-memory files, which hold no rows
+        return {name: data for name, data in tree(ws).items() if "ledger.sqlite-" not in name}
+
+    before = files()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     assert run_cli("audit", "--workdir", ws, "--replay").code == 0
-    assert seen and not any(Path(w).exists() for w in seen)
+    assert seen and all(seen)  # every shard replayed, its checkpoints kept in memory
+    assert files() == before and not list((tmp_path / "tmp").iterdir())
 
 
 def test_a_left_replay_folder_is_reported_and_removed(small_trained, tmp_path):

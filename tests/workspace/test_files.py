@@ -11,7 +11,7 @@ import torch
 from helpers import SECRET
 
 from sisa.errors import SisaError
-from sisa.workspace.files import Workspace, atomic_write, sha256_bytes
+from sisa.workspace.files import Workspace, atomic_write, checkpoint_bytes, sha256_bytes
 from sisa.workspace.manifest import CheckpointRecord
 
 
@@ -54,7 +54,10 @@ def test_checkpoint_round_trip_and_tamper_detection(tmp_path):
     ws = Workspace(tmp_path)
     state = {"model": {"w": torch.arange(4.0)}, "counters": {"epochs": 3}}
     name = ws.checkpoint_name(0, 1, "ab" * 32)
-    sha = ws.write_checkpoint(name, state)
+    data = checkpoint_bytes(state)
+    ws.write_checkpoint(name, data)
+    sha = sha256_bytes(data)
+    assert checkpoint_bytes(state) == data  # the same state, the same bytes
     record = CheckpointRecord(shard=0, slice=1, file=name, sha256=sha)
     assert torch.equal(ws.load_checkpoint(record)["model"]["w"], torch.arange(4.0))
     assert ws.verify_checkpoint(record)
@@ -149,7 +152,7 @@ def test_workspace_writes_never_follow_a_linked_folder(tmp_path):
     ws.checkpoints_dir.mkdir(parents=True)
     (ws.checkpoints_dir / "shard-000").symlink_to(outside)
     with pytest.raises(SisaError, match="shard-000.*symbolic link"):
-        ws.write_checkpoint(ws.checkpoint_name(0, 0, "ab" * 32), {"w": torch.zeros(2)})
+        ws.write_checkpoint(ws.checkpoint_name(0, 0, "ab" * 32), checkpoint_bytes({"w": torch.zeros(2)}))
     assert list(outside.iterdir()) == []
     ws.shards_dir.symlink_to(outside)
     with pytest.raises(SisaError, match="shards.*symbolic link"):
@@ -160,7 +163,8 @@ def test_workspace_writes_never_follow_a_linked_folder(tmp_path):
 def test_workspace_reads_never_follow_a_link(tmp_path):
     ws = Workspace(tmp_path / "ws")
     name = ws.checkpoint_name(0, 0, "ab" * 32)
-    sha = ws.write_checkpoint(name, {"w": torch.zeros(2)})
+    ws.write_checkpoint(name, checkpoint_bytes({"w": torch.zeros(2)}))
+    sha = sha256_bytes(checkpoint_bytes({"w": torch.zeros(2)}))
     record = CheckpointRecord(shard=0, slice=0, file=name, sha256=sha)
     real = ws.checkpoints_dir / name
     elsewhere = tmp_path / "elsewhere.pt"
