@@ -138,7 +138,23 @@ def _ensure_ray(ray, address: Optional[str]) -> None:
         else:
             ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if address and _refused_token(exc):
+            raise SisaError(
+                f"the Ray cluster at {address} refused this process: it uses token authentication and "
+                f"this process has no token, or another one. Set RAY_AUTH_MODE=token and give the "
+                f"cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token on this "
+                f"machine); see the README's 'Ray clusters'") from None
         raise SisaError(f"cannot start or reach Ray{' at ' + address if address else ''}: {exc}") from None
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """Whether Ray's error (or one it was raised from) is an authentication refusal."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _shared_inputs(ray, workspace: Workspace, jobs: Sequence[ShardJob]) -> dict[tuple[str, str], Any]:
