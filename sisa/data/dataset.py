@@ -53,7 +53,10 @@ class Dataset:
     def label_index(self, labels: np.ndarray, what: str) -> np.ndarray:
         """Map raw labels to class indices; labels outside ``classes`` are an error."""
         lookup = {value: i for i, value in enumerate(self.classes)}
+        values = _plain_values(labels)
         try:
+            if values is not None:  # the same lookups, without a Python call per row
+                return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
             return np.fromiter((lookup[plain(v)] for v in labels), dtype=np.int64, count=len(labels))
         except KeyError as exc:
             label = exc.args[0]
@@ -103,6 +106,22 @@ def integral_labels(values: np.ndarray, what: str) -> np.ndarray:
 def plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds; anything else as it is."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _plain_values(labels: Any) -> Optional[list]:
+    """``[plain(v) for v in labels]`` built without a Python call per row, or None where that
+    would take one (labels not a 1-D array or a list, numpy scalars among objects)."""
+    if type(labels) is np.ndarray and labels.ndim == 1:  # not a subclass: a masked array's tolist differs
+        values = labels.tolist()  # a numpy dtype's items as item() gives them, objects as they are
+        if labels.dtype != object:
+            return values
+    elif type(labels) is list:
+        values = labels
+    else:
+        return None
+    if any(issubclass(t, np.generic) for t in set(map(type, values))):
+        return None
+    return values
 
 
 def preview(values: Sequence[Any], limit: int = 10) -> str:

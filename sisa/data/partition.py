@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from sisa.errors import SisaError
-from sisa.ids import id_bytes
+from sisa.ids import blake2b_keys, id_bytes, id_bytes_array
 
 
 def partition_keys(ids: Iterable, seed: int) -> np.ndarray:
@@ -24,6 +24,9 @@ def partition_keys(ids: Iterable, seed: int) -> np.ndarray:
     dtype('uint64')
     """
     key = b"sisa-partition:%d" % seed
+    canonical = id_bytes_array(ids)
+    if canonical is not None:
+        return blake2b_keys(canonical, key=key)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(id_bytes(i), digest_size=8, key=key).digest(), "little")
          for i in ids), dtype=np.uint64)

@@ -44,7 +44,7 @@ from sisa.data.dataset import (
     integral_labels,
 )
 from sisa.errors import SisaError
-from sisa.ids import id_bytes
+from sisa.ids import blake2b_keys, id_bytes, id_bytes_array
 from sisa.registry import Registry
 from sisa.settings import DATASET_DEFAULTS
 
@@ -149,6 +149,11 @@ def parse_spec(spec: str) -> tuple[str, Optional[str]]:
 def held_out_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
     """True for the rows held out for testing, chosen by a hash of the id alone."""
     threshold = int(fraction * 2**64)
+    canonical = id_bytes_array(ids)
+    if canonical is not None:
+        if threshold <= 0 or threshold >= 2**64:
+            return np.full(len(canonical), threshold > 0, dtype=bool)
+        return blake2b_keys(canonical, person=b"sisa-test") < np.uint64(threshold)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(id_bytes(i), digest_size=8, person=b"sisa-test").digest(),
                         "little") < threshold for i in ids),

@@ -7,7 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from helpers import make_table
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sisa.data.dataset import Dataset, Table, plain, preview
 from sisa.data.sources import held_out_mask, load
 from sisa.errors import SisaError
 
@@ -265,3 +268,66 @@ def test_a_label_of_the_other_kind_is_named_as_such():
     digits = load("digits")
     with pytest.raises(SisaError, match="it is str where the training's labels are int"):
         digits.label_index(np.array(["2"], dtype=object), "the added data")
+
+
+def reference_label_index(classes, labels, what):
+    """Dataset.label_index as a loop over rows, as it was: the vectorised one must match it."""
+    lookup = {value: i for i, value in enumerate(classes)}
+    try:
+        return np.fromiter((lookup[plain(v)] for v in labels), dtype=np.int64, count=len(labels))
+    except KeyError as exc:
+        label = exc.args[0]
+        hint = ""
+        if str(label) in {str(c) for c in classes}:
+            hint = (f"; it is {type(label).__name__} where the training's labels are "
+                    f"{type(classes[0]).__name__}: give labels of the same kind")
+        raise SisaError(f"{what} has label {label!r}, which the training data does not have "
+                        f"(classes: {preview(classes)}){hint}") from None
+
+
+def label_outcome(f, *args):
+    try:
+        out = f(*args)
+    except Exception as exc:  # noqa: BLE001 - the error must be the same one
+        return type(exc), str(exc)
+    return out.tolist(), out.dtype, out.shape
+
+
+def object_array(values):
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+LABEL_VALUE = (st.integers(-3, 12) | st.text(st.sampled_from("ab1\x00é😀"), max_size=3)
+               | st.sampled_from([1.0, 2.5, -0.0, float("nan"), True, False, 2**64 - 1]))
+LABEL_FORMS = [list, object_array, np.array, lambda v: np.array(v, dtype=str), lambda v: np.array(v, dtype=object),
+               lambda v: [np.int64(x) if type(x) is int and abs(x) < 2**62 else x for x in v],
+               lambda v: object_array([np.str_(x) if isinstance(x, str) else x for x in v])]
+
+
+@settings(max_examples=400, deadline=None)
+@given(classes=st.lists(LABEL_VALUE, min_size=1, max_size=6)
+       | st.sampled_from([list(range(10)), ["a", "b", "c"], [0, 1]]),
+       data=st.data())
+def test_label_index_is_the_per_row_lookup(classes, data):
+    values = data.draw(st.lists(st.sampled_from(classes) | LABEL_VALUE, max_size=30))
+    form = data.draw(st.sampled_from(LABEL_FORMS))
+    try:
+        labels = form(values)
+    except (ValueError, OverflowError, TypeError):
+        return  # numpy has no such array
+    ds = Dataset("x", Table(np.arange(1), np.zeros((1, 1)), None), None, (1,), classes)
+    assert (label_outcome(ds.label_index, labels, "test data")
+            == label_outcome(reference_label_index, classes, labels, "test data"))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.uint64, np.float64, np.float32, bool, str])
+def test_label_index_of_typed_arrays_is_the_per_row_lookup(dtype):
+    for classes in (list(range(10)), [str(i) for i in range(10)], [0.5, 1.0, 3.0], [True, False], [1, "1"]):
+        ds = Dataset("x", Table(np.arange(1), np.zeros((1, 1)), None), None, (1,), classes)
+        for values in ([0, 3, 9, 1], [1, 1, 0], [3, 11, 12], [], np.arange(3000) % 10):
+            labels = np.asarray(values).astype(dtype)
+            for given_labels in (labels, labels[::-1], labels.reshape(-1, 1) if len(labels) else labels):
+                assert (label_outcome(ds.label_index, given_labels, "the added data")
+                        == label_outcome(reference_label_index, classes, given_labels, "the added data"))
