@@ -134,9 +134,11 @@ def checkpoint_shas(workdir) -> dict[tuple[int, int], str]:
 
 
 def records(workdir) -> dict:
-    """(shard, slice) -> (sha256, ids_sha256, file) of every checkpoint the workspace records."""
+    """(shard, slice) -> (sha256, ids_sha256, file, weights file) of every checkpoint the
+    workspace records."""
     manifest = json.loads((Path(workdir) / "checkpoints" / "manifest.json").read_text())
-    return {(r["shard"], r["slice"]): (r["sha256"], r["ids_sha256"], r["file"]) for r in manifest["checkpoints"]}
+    return {(r["shard"], r["slice"]): (r["sha256"], r["ids_sha256"], r["file"], r.get("weights"))
+            for r in manifest["checkpoints"]}
 
 
 def assert_identical(deleted_ws, fresh_ws) -> None:
@@ -148,9 +150,8 @@ def assert_identical(deleted_ws, fresh_ws) -> None:
 
     a, b = records(deleted_ws), records(fresh_ws)
     assert a == b
-    for (_, _, name) in a.values():
-        sa = torch.load(Path(deleted_ws, "checkpoints", name), weights_only=True)["model"]
-        sb = torch.load(Path(fresh_ws, "checkpoints", name), weights_only=True)["model"]
+    for ra, rb in zip(Workspace(deleted_ws).checkpoints().checkpoints, Workspace(fresh_ws).checkpoints().checkpoints):
+        sa, sb = Workspace(deleted_ws).load_weights(ra), Workspace(fresh_ws).load_weights(rb)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     shard_files = lambda ws: sorted(p.name for p in Path(ws, "shards").glob("shard-*.parquet"))
     assert shard_files(deleted_ws) == shard_files(fresh_ws)

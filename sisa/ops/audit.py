@@ -20,7 +20,12 @@ from sisa.training.executors import run_carried
 from sisa.training.jobs import DataSpec, ShardJob
 from sisa.training.numerics import environment_differences
 from sisa.workspace.carried import CarriedFiles
-from sisa.workspace.files import Workspace, sha256_file
+from sisa.workspace.files import (
+    Workspace,
+    legacy_checkpoint_bytes,
+    sha256_bytes,
+    sha256_file,
+)
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import (
@@ -190,15 +195,21 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
 def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile,
                   checkpoints: CheckpointsManifest) -> Optional[str]:
     shard = entry.shard
-    live = {r.slice: r.sha256 for r in checkpoints.of_shard(shard)}
+    own = checkpoints.of_shard(shard)
+    live = {r.slice: r.sha256 for r in own}
     if not entry.rows:
         return None if not live else f"shard {shard} is empty but still has checkpoints"
     # Replayed in memory: no copy of the shard's rows, and no checkpoint, is written anywhere
     # (a copy that outlived a killed audit would hold personal data nobody knows of). As
     # training ran it: alone, or in its vectorised group's position.
     job = ShardJob.for_shard(str(workspace.root), manifest, entry)
-    result = run_carried([job], CarriedFiles.gather(workspace, [entry.file], []))[0]
+    files = CarriedFiles.gather(workspace, [entry.file], [])
+    result = run_carried([job], files)[0]
     fresh = {r.slice: r.sha256 for r in result.checkpoints}
+    # a checkpoint of format 1 (one file) is compared with the fresh one written that way
+    legacy = {r.slice for r in own if r.weights is None}
+    fresh.update({r.slice: sha256_bytes(legacy_checkpoint_bytes(files.load_checkpoint(r)))
+                  for r in result.checkpoints if r.slice in legacy})
     if fresh != live:
         bad = sorted(s for s in set(fresh) | set(live) if fresh.get(s) != live.get(s))
         return f"replay of shard {shard} from scratch differs at slices {bad}"

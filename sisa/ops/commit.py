@@ -222,7 +222,8 @@ def _drop_stale(workspace: Workspace, manifest: WorkspaceManifest, shard: int) -
     if stale:
         workspace.save(checkpoints.without_records(stale))
         for r in stale:
-            (workspace.checkpoints_dir / r.file).unlink(missing_ok=True)
+            for name, _, _ in r.files():
+                (workspace.checkpoints_dir / name).unlink(missing_ok=True)
     if not entry.rows or valid == manifest.n_slices:
         return None
     start = next((r for r in own if r.slice == valid - 1), None)

@@ -67,7 +67,7 @@ class Ensemble:
         X = self._check_rows(X)
         check_source(self.settings.model, self.manifest.model_source)
         with deterministic_torch(self.settings):
-            return np.stack([predict_probas(self.workspace.load_checkpoint(record)["model"], X,
+            return np.stack([predict_probas(self.workspace.load_weights(record), X,
                                             settings=self.settings, data=self.data)
                              for record in self.final_records()])
 

@@ -22,7 +22,7 @@ from sisa.ids import id_order, ids_digest, key_text
 from sisa.ops.commit import TEST_SHARD, complete_pending, retrain_shards
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
-from sisa.workspace.files import Workspace, sha256_file
+from sisa.workspace.files import Workspace, sha256_file, weights_name
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import (
@@ -88,7 +88,8 @@ def _drop_unusable_checkpoints(workspace: Workspace, rebuilt_from_scratch: set[i
     if dropped:
         workspace.save(checkpoints.without_records(dropped))
     for r in unloadable:
-        (workspace.checkpoints_dir / r.file).unlink(missing_ok=True)
+        for name, _, _ in r.files():
+            (workspace.checkpoints_dir / name).unlink(missing_ok=True)
         actions.append(f"removed {r.file}: it matches its sha256 but cannot be loaded as a checkpoint")
     return bad
 
@@ -206,11 +207,18 @@ def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry:
         path = workspace.checkpoints_dir / name
         if not path.exists():
             break
+        weights = workspace.checkpoints_dir / weights_name(name)
+        split = weights.is_file()  # else a checkpoint of format 1, weights inside
         record = CheckpointRecord(shard=entry.shard, slice=slice_, file=name, sha256=sha256_file(path) or "",
-                                  ids_sha256=digest, samples=n, epochs=manifest.schedule()[slice_])
+                                  ids_sha256=digest, samples=n, epochs=manifest.schedule()[slice_],
+                                  bytes=path.stat().st_size, weights=weights_name(name) if split else None,
+                                  weights_sha256=sha256_file(weights) if split else None,
+                                  weights_bytes=weights.stat().st_size if split else None)
         try:
-            counters = workspace.load_checkpoint(record)["counters"]
-        except (SisaError, KeyError):
+            state = workspace.load_checkpoint(record)
+            counters = state["counters"]
+            state["model"]  # noqa: B018 - a state file whose weights file is gone is no checkpoint
+        except (SisaError, KeyError, TypeError):
             break
         if (counters.get("shard"), counters.get("slice"), counters.get("samples")) != (entry.shard, slice_, n):
             break

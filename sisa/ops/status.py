@@ -15,9 +15,7 @@ from sisa.workspace.ledger import read_counts, read_open_versions
 def status(ensemble: Ensemble) -> dict[str, Any]:
     """Settings, shard and slice sizes, and every checkpoint with whether it still matches."""
     workspace, manifest, settings = ensemble.workspace, ensemble.manifest, ensemble.settings
-    checkpoints = [_checked(workspace.checkpoints_dir / r.file, r.sha256,
-                            shard=r.shard, slice=r.slice, file=r.file, sha256=r.sha256, samples=r.samples)
-                   for r in ensemble.records]
+    checkpoints = [_checked_checkpoint(workspace, r) for r in ensemble.records]
     shard_files = [{"shard": e.shard, "file": e.file,
                     "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256} for e in manifest.shards]
     counts = read_counts(workspace.ledger_path)
@@ -53,6 +51,18 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
         "ok": all(c["ok"] for c in checkpoints) and all(f["ok"] for f in shard_files)
               and not unfinished,
     }
+
+
+def _checked_checkpoint(workspace, record) -> dict[str, Any]:
+    """A checkpoint as status shows it, every file of it checked against its sha256."""
+    files = [_checked(workspace.checkpoints_dir / name, sha256, file=name) for name, sha256, _ in record.files()]
+    problems = [f"{f['file']}: {f['problem']}" for f in files if not f["ok"]]
+    out = {"shard": record.shard, "slice": record.slice, "file": record.file, "sha256": record.sha256,
+           "samples": record.samples, "bytes": record.total_bytes(), "ok": not problems,
+           "problem": "; ".join(problems) or None}
+    if record.weights is not None:
+        out.update(weights=record.weights, weights_sha256=record.weights_sha256)
+    return out
 
 
 def _checked(path, expected: str, **fields: Any) -> dict[str, Any]:

@@ -170,7 +170,8 @@ def _unit_inputs(ray, workspace: Workspace, unit: Sequence[ShardJob],
     for job in unit:
         inputs[("data", job.shard_file)] = workspace.read_data_bytes(job.shard_file)
         if job.start is not None:
-            inputs[("checkpoint", job.start.file)] = workspace.read_checkpoint_bytes(job.start)
+            for name, _, _ in job.start.files():
+                inputs[("checkpoint", name)] = workspace.read_checkpoint_file(name)
         if job.evaluate is not None:
             inputs[("data", job.evaluate[0])] = shared[("data", job.evaluate[0])]
     return inputs
@@ -189,7 +190,7 @@ def run_carried(unit: Sequence[ShardJob], files: CarriedFiles) -> list[ShardResu
     bytes of its checkpoints for :func:`accept_result` to write."""
     results = run_unit(unit, files=files)
     for result in results:
-        result.files = {r.file: files.written[r.file] for r in result.checkpoints}
+        result.files = {name: files.written[name] for r in result.checkpoints for name, _, _ in r.files()}
     return results
 
 
@@ -250,21 +251,24 @@ def accept_result(workspace: Workspace, result: ShardResult) -> None:
     from sisa.workspace.files import sha256_bytes, sha256_file
 
     for record in result.checkpoints:
-        data = result.files.get(record.file)
-        if data is not None:
-            if sha256_bytes(data) != record.sha256 or len(data) != record.bytes:
-                raise SisaError(f"shard {record.shard} slice {record.slice}: the checkpoint returned by host "
-                                f"{result.host!r} does not match its sha256; nothing was committed")
-            workspace.write_checkpoint(record.file, data)
+        for name, sha256, size in record.files():
+            data = result.files.get(name)
+            if data is None:
+                continue
+            if sha256_bytes(data) != sha256 or len(data) != size:
+                raise SisaError(f"shard {record.shard} slice {record.slice}: the checkpoint file {name} returned "
+                                f"by host {result.host!r} does not match its sha256; nothing was committed")
+            workspace.write_checkpoint(name, data)
     for record in result.checkpoints:
-        path = workspace.checkpoints_dir / record.file
-        size = path.stat().st_size if path.is_file() else None
-        if size is None or size != (record.bytes if record.bytes is not None else size) or sha256_file(path) != record.sha256:
-            raise SisaError(
-                f"shard {record.shard} slice {record.slice}: the checkpoint the job reported "
-                f"({record.file}, made on host {result.host!r}) is {'missing' if size is None else 'different'} "
-                f"at {path}; nothing was committed. A job that does not see this workspace folder must "
-                f"return its checkpoints' bytes (as sisa's Ray executor does)")
+        for name, sha256, size in record.files():
+            path = workspace.checkpoints_dir / name
+            found = path.stat().st_size if path.is_file() else None
+            if found is None or found != (size if size is not None else found) or sha256_file(path) != sha256:
+                raise SisaError(
+                    f"shard {record.shard} slice {record.slice}: the checkpoint file the job reported ({name}, "
+                    f"made on host {result.host!r}) is {'missing' if found is None else 'different'} at {path}; "
+                    f"nothing was committed. A job that does not see this workspace folder must return its "
+                    f"checkpoints' bytes (as sisa's Ray executor does)")
 
 
 def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:

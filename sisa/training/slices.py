@@ -34,10 +34,11 @@ from sisa.training.jobs import (
 from sisa.training.numerics import deterministic_torch, numerics_environment
 from sisa.workspace.files import (
     Workspace,
-    checkpoint_bytes,
     checkpoint_name,
-    decode_checkpoint,
+    load_state,
     sha256_bytes,
+    split_state,
+    weights_name,
 )
 from sisa.workspace.manifest import CheckpointRecord
 
@@ -140,11 +141,15 @@ def save_slice(files: JobFiles, shard: int, slice_: int, ids: np.ndarray, traini
     }
     ids_sha256 = ids_digest(ids)
     name = checkpoint_name(shard, slice_, ids_sha256)
-    data = checkpoint_bytes(state)
-    files.write_checkpoint(name, data)
-    record = CheckpointRecord(shard=shard, slice=slice_, file=name, sha256=sha256_bytes(data), ids_sha256=ids_sha256,
-                              samples=n, epochs=epochs, bytes=len(data))
-    return decode_checkpoint(data, record, name), record
+    training_state, weights = split_state(state)
+    files.write_checkpoint(weights_name(name), weights)
+    files.write_checkpoint(name, training_state)
+    record = CheckpointRecord(shard=shard, slice=slice_, file=name, sha256=sha256_bytes(training_state),
+                              ids_sha256=ids_sha256, samples=n, epochs=epochs, bytes=len(training_state),
+                              weights=weights_name(name), weights_sha256=sha256_bytes(weights),
+                              weights_bytes=len(weights))
+    written = {name: training_state, weights_name(name): weights}
+    return load_state(written.__getitem__, record, ""), record
 
 
 def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,

@@ -13,12 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from sisa.errors import SisaError
-from sisa.workspace.files import (
-    Workspace,
-    checkpoint_name,
-    decode_checkpoint,
-    decode_rows,
-)
+from sisa.workspace.files import Workspace, decode_rows, load_state
 from sisa.workspace.manifest import CheckpointRecord
 from sisa.workspace.rows import ShardRows
 
@@ -36,20 +31,19 @@ class CarriedFiles:
     def gather(cls, workspace: Workspace, data: Iterable[str], checkpoints: Iterable[CheckpointRecord]) -> "CarriedFiles":
         """The named files of ``workspace``, read for a job that cannot read them itself."""
         return cls({name: workspace.read_data_bytes(name) for name in set(data)},
-                   {r.file: workspace.read_checkpoint_bytes(r) for r in checkpoints})
+                   {name: workspace.read_checkpoint_file(name) for r in checkpoints for name, _, _ in r.files()})
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         return decode_rows(self._get(self.data, name, "shard file"), sha256, name, shape, dtype)
-
-    def checkpoint_name(self, shard: int, slice_: int, ids_sha256: str) -> str:
-        return checkpoint_name(shard, slice_, ids_sha256)
 
     def write_checkpoint(self, name: str, data: bytes) -> None:
         self.written[name] = data
 
     def load_checkpoint(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]:
-        data = self.written.get(record.file) or self._get(self.checkpoints, record.file, "checkpoint")
-        return decode_checkpoint(data, record, record.file, map_location)
+        return load_state(self._checkpoint, record, "", map_location)
+
+    def _checkpoint(self, name: str) -> bytes:
+        return self.written[name] if name in self.written else self._get(self.checkpoints, name, "checkpoint")
 
     @staticmethod
     def _get(files: Mapping[str, bytes], name: str, what: str) -> bytes:

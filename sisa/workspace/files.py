@@ -495,13 +495,6 @@ class Workspace:
         except OSError as exc:
             raise SisaError(f"cannot read shard file {self.shards_dir / name}: {exc}") from None
 
-    def read_checkpoint_bytes(self, record: CheckpointRecord) -> bytes:
-        """The bytes of ``record``'s checkpoint (unchecked: :func:`decode_checkpoint` checks them)."""
-        try:
-            return self._read(("checkpoints", *record.file.split("/")))
-        except OSError as exc:
-            raise SisaError(f"cannot read checkpoint {self.checkpoints_dir / record.file}: {exc}") from None
-
     # -- checkpoints
     @property
     def ledger_path(self) -> Path:
@@ -511,27 +504,45 @@ class Workspace:
         return checkpoint_name(shard, slice_, ids_sha256)
 
     def write_checkpoint(self, name: str, data: bytes) -> None:
-        """Write a checkpoint's bytes (:func:`checkpoint_bytes`) atomically."""
+        """Write a checkpoint file's bytes (:func:`checkpoint_bytes`) atomically."""
         self._write(("checkpoints", *name.split("/")), data)
 
+    def read_checkpoint_file(self, name: str) -> bytes:
+        """The bytes of checkpoint file ``name`` (unchecked: :func:`decode_checkpoint` checks them)."""
+        try:
+            return self._read(("checkpoints", *name.split("/")))
+        except OSError as exc:
+            raise SisaError(f"cannot read checkpoint {self.checkpoints_dir / name}: {exc}") from None
+
     def load_checkpoint(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]:
-        """Load a checkpoint after checking its sha256; never unpickles arbitrary objects."""
-        return decode_checkpoint(self.read_checkpoint_bytes(record), record, self.checkpoints_dir / record.file,
-                                 map_location)
+        """The whole state of a checkpoint (weights and training state), every file checked
+        against its sha256; never unpickles arbitrary objects."""
+        return load_state(self.read_checkpoint_file, record, str(self.checkpoints_dir), map_location)
+
+    def load_weights(self, record: CheckpointRecord, map_location: str = "cpu") -> dict[str, Any]:
+        """The model weights of a checkpoint, reading only its weights file (the whole file of
+        a format 1 checkpoint), checked against its sha256."""
+        return load_model_weights(self.read_checkpoint_file, record, str(self.checkpoints_dir), map_location)
 
     def verify_checkpoint(self, record: CheckpointRecord) -> bool:
-        return self._sha256(("checkpoints", *record.file.split("/"))) == record.sha256
+        """Whether every file of the checkpoint is here and matches its sha256."""
+        return all(self._sha256(("checkpoints", *name.split("/"))) == sha for name, sha, _ in record.files())
 
 
 def checkpoint_name(shard: int, slice_: int, ids_sha256: str) -> str:
-    """Where the checkpoint of ``shard`` after ``slice_`` on the ids with digest ``ids_sha256``
-    lives, under ``checkpoints/``."""
+    """Where the training state of ``shard`` after ``slice_`` on the ids with digest
+    ``ids_sha256`` lives, under ``checkpoints/``; :func:`weights_name` gives its weights'."""
     return f"shard-{shard:03d}/slice-{slice_:02d}-{ids_sha256[:16]}.pt"
 
 
+def weights_name(name: str) -> str:
+    """The weights file beside the training-state file ``name``."""
+    return name[:-len(".pt")] + ".weights.pt"
+
+
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
-    """A checkpoint's bytes: ``state`` (tensors and plain containers) as ``torch.save`` writes
-    it, always the same bytes for the same state."""
+    """A checkpoint file's bytes: ``state`` (tensors and plain containers) as ``torch.save``
+    writes it, always the same bytes for the same state."""
     import torch
 
     buffer = io.BytesIO()
@@ -539,13 +550,50 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def decode_checkpoint(data: bytes, record: CheckpointRecord, shown: os.PathLike | str,
-                      map_location: str = "cpu") -> dict[str, Any]:
-    """The state in a checkpoint's bytes, after checking them against ``record``'s sha256;
-    never unpickles arbitrary objects. ``shown`` names the file in messages."""
+def split_state(state: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The bytes of the training-state file and of the weights file of ``state``. The
+    training state names its weights file's sha256, so the sha256 of the training-state file
+    identifies the whole checkpoint (as receipts, replays and exactness checks use it)."""
+    weights = checkpoint_bytes(state["model"])
+    rest = {k: v for k, v in state.items() if k != "model"}
+    return checkpoint_bytes(dict(rest, weights_sha256=sha256_bytes(weights))), weights
+
+
+def legacy_checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The bytes sisa wrote for ``state`` as a checkpoint of format 1 (one file, weights
+    inside), to compare a replay with such a checkpoint."""
+    return checkpoint_bytes({k: state[k] for k in ("model", "optimizer", "scheduler", "counters")})
+
+
+def load_state(read, record: CheckpointRecord, where: str, map_location: str = "cpu") -> dict[str, Any]:
+    """The whole state of ``record``'s checkpoint; ``read(name)`` gives a file's bytes."""
+    state = decode_checkpoint(read(record.file), record.file, record.sha256, record, where, map_location)
+    if record.weights is not None:
+        if not isinstance(state, dict) or "model" in state or state.get("weights_sha256") != record.weights_sha256:
+            raise SisaError(f"checkpoint {where}/{record.file} (shard {record.shard}, slice {record.slice}) does not "
+                            f"name the weights its record names: it was changed or damaged")
+        state = dict(state, model=load_model_weights(read, record, where, map_location))
+        del state["weights_sha256"]
+    return state
+
+
+def load_model_weights(read, record: CheckpointRecord, where: str, map_location: str = "cpu") -> dict[str, Any]:
+    """The model weights of ``record``'s checkpoint; ``read(name)`` gives a file's bytes."""
+    if record.weights is None:
+        state = decode_checkpoint(read(record.file), record.file, record.sha256, record, where, map_location)
+        return state["model"]
+    return decode_checkpoint(read(record.weights), record.weights, record.weights_sha256 or "", record, where,
+                             map_location)
+
+
+def decode_checkpoint(data: bytes, name: str, sha256: str, record: CheckpointRecord, where: str,
+                      map_location: str = "cpu") -> Any:
+    """What checkpoint file ``name`` (of ``record``, in folder ``where``) holds, after checking
+    its bytes against ``sha256``; never unpickles arbitrary objects."""
     import torch
 
-    if sha256_bytes(data) != record.sha256:
+    shown = f"{where}/{name}" if where else name
+    if sha256_bytes(data) != sha256:
         raise SisaError(f"checkpoint {shown} (shard {record.shard}, slice {record.slice}) "
                         f"does not match its recorded sha256: it was changed or damaged")
     try:

@@ -23,17 +23,24 @@ from sisa.errors import SisaError
 from sisa.settings import Settings
 
 WORKSPACE_FORMAT = "sisa-workspace/1"
-CHECKPOINTS_FORMAT = "sisa-checkpoints/1"
+CHECKPOINTS_FORMAT = "sisa-checkpoints/2"
+"""2: a checkpoint may be two files, the model's weights apart from the rest of the training
+state (:attr:`CheckpointRecord.weights`). Format 1 manifests are read (their checkpoints are one
+file each) and written back as format 2, which sisa before 0.x refuses by name."""
+READABLE_CHECKPOINTS_FORMATS = ("sisa-checkpoints/1", CHECKPOINTS_FORMAT)
 
 
-def check_format(found: Any, expected: str, where: str, version: Any = None) -> None:
-    """Refuse a manifest this sisa cannot read, saying which format and sisa wrote it."""
-    if found == expected:
+def check_format(found: Any, expected: str, where: str, version: Any = None,
+                 readable: Sequence[str] = ()) -> None:
+    """Refuse a manifest this sisa cannot read (neither ``expected`` nor one of ``readable``),
+    saying which format and sisa wrote it."""
+    if found == expected or found in readable:
         return
     kind = expected.split("/")[0]
     if isinstance(found, str) and found.startswith(kind + "/"):
-        writer = f" by sisa {version}" if version else ""
-        raise SisaError(f"{where} is in format {found} (written{writer}); this sisa reads {expected}. "
+        writer = f" (written by sisa {version})" if version else ""
+        raise SisaError(f"{where} is in format {found}{writer}; this sisa reads {expected}"
+                        f"{''.join(f' and {r}' for r in readable if r != expected)}. "
                         f"Use the sisa version that wrote it, or retrain with 'sisa train --force'")
     raise SisaError(f"{where} is not a {expected} manifest")
 
@@ -235,7 +242,11 @@ class WorkspaceManifest:
 @dataclass(frozen=True)
 class CheckpointRecord:
     """One checkpoint: the model after ``slice`` of ``shard``, trained on the ids hashed as
-    ``ids_sha256``; ``samples`` rows, ``epochs`` epochs on this slice, ``seconds`` to train."""
+    ``ids_sha256``; ``samples`` rows, ``epochs`` epochs on this slice, ``seconds`` to train.
+
+    ``file`` holds the training state (optimizer, scheduler, counters); the model's weights are
+    in ``weights`` apart, so that inference reads only them. A checkpoint of format 1 has no
+    ``weights``: ``file`` then holds the whole state, weights included."""
 
     shard: int
     slice: int
@@ -248,25 +259,42 @@ class CheckpointRecord:
     seconds: float = 0.0
     shared_by: Optional[int] = None
     """Shards trained together in one vectorised step; ``seconds`` is then the group's time."""
+    weights: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    weights_bytes: Optional[int] = None
 
     def timed(self, seconds: float) -> "CheckpointRecord":
         return dataclasses.replace(self, seconds=round(seconds, 4))
+
+    def files(self) -> tuple[tuple[str, str, Optional[int]], ...]:
+        """(name under ``checkpoints/``, sha256, size) of each file of the checkpoint."""
+        if self.weights is None:
+            return ((self.file, self.sha256, self.bytes),)
+        return ((self.file, self.sha256, self.bytes), (self.weights, self.weights_sha256 or "", self.weights_bytes))
+
+    def total_bytes(self) -> Optional[int]:
+        sizes = [size for _, _, size in self.files()]
+        return None if None in sizes else sum(sizes)
 
     def to_json(self) -> dict[str, Any]:
         out = {"shard": self.shard, "slice": self.slice, "file": self.file, "sha256": self.sha256,
                "ids_sha256": self.ids_sha256, "samples": self.samples, "epochs": self.epochs,
                "seconds": self.seconds}
-        for name in ("bytes", "shared_by"):
+        for name in ("bytes", "shared_by", "weights", "weights_sha256", "weights_bytes"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "CheckpointRecord":
+        weights = obj.get("weights")
+        if weights is not None and not (isinstance(weights, str) and isinstance(obj.get("weights_sha256"), str)):
+            raise ValueError("a checkpoint's weights need a file name and a sha256")
         return cls(shard=int(obj["shard"]), slice=int(obj["slice"]), file=obj["file"], sha256=obj["sha256"],
                    ids_sha256=obj.get("ids_sha256", ""), samples=int(obj.get("samples", 0)),
                    epochs=int(obj.get("epochs", 0)), bytes=obj.get("bytes"), seconds=obj.get("seconds", 0.0),
-                   shared_by=obj.get("shared_by"))
+                   shared_by=obj.get("shared_by"), weights=weights, weights_sha256=obj.get("weights_sha256"),
+                   weights_bytes=obj.get("weights_bytes"))
 
 
 def by_position(records: Sequence[CheckpointRecord]) -> list[CheckpointRecord]:
@@ -306,9 +334,10 @@ class CheckpointsManifest:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "the checkpoints manifest") -> "CheckpointsManifest":
-        check_format(obj.get("format"), CHECKPOINTS_FORMAT, where)
+        check_format(obj.get("format"), CHECKPOINTS_FORMAT, where, readable=READABLE_CHECKPOINTS_FORMATS)
         try:
+            # a format 1 manifest is written back as format 2 (its records are valid in both)
             return cls(checkpoints=tuple(CheckpointRecord.from_json(r) for r in obj["checkpoints"]),
-                       environment=obj.get("environment") or {}, format=obj["format"])
+                       environment=obj.get("environment") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise SisaError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None

@@ -11,7 +11,7 @@ from sisa.workspace.files import Workspace
 _DATA_NAME = re.compile(r"(shard-[0-9]{3}|test)-[0-9a-f]{12}\.parquet")
 
 
-_CHECKPOINT_NAME = re.compile(r"slice-[0-9]{2}-[0-9a-f]{16}\.pt")
+_CHECKPOINT_NAME = re.compile(r"slice-[0-9]{2}-[0-9a-f]{16}(\.weights)?\.pt")
 
 
 _SHARD_FOLDER = re.compile(r"shard-[0-9]{3}")
@@ -37,7 +37,7 @@ def orphan_files(workspace: Workspace) -> list[Path]:
     """Files sisa wrote that no manifest names (left by a crash). Only names sisa gives its own
     files count (a sha256 or id-set hash in the name): a user's file is never one of them."""
     named = {e.file for e in workspace.manifest().files()}
-    live = {r.file for r in workspace.checkpoints().checkpoints}
+    live = {name for r in workspace.checkpoints().checkpoints for name, _, _ in r.files()}
     orphans = [p for p in _files(workspace.shards_dir)
                if (_DATA_NAME.fullmatch(p.name) and p.name not in named) or _TEMP_NAME.fullmatch(p.name)]
     if workspace.checkpoints_dir.is_dir() and not workspace.checkpoints_dir.is_symlink():

@@ -79,7 +79,7 @@ def recorded_files(workspace: Workspace) -> list[str]:
         return files
     files += [f"shards/{e.file}" for e in manifest.files()]
     try:
-        files += [f"checkpoints/{r.file}" for r in workspace.checkpoints().checkpoints]
+        files += [f"checkpoints/{name}" for r in workspace.checkpoints().checkpoints for name, _, _ in r.files()]
     except SisaError:
         pass
     return files

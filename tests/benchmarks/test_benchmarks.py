@@ -96,3 +96,45 @@ def test_add_smoke(tmp_path):
                                             / result["add"]["train_seconds"], 2)
     assert result["date"] and "add.py" in result["command"]
     assert "retrain everything" in (tmp_path / "smoke.md").read_text()
+
+
+def test_scale_smoke(tmp_path):
+    run("scale.py", "--rows", "3000,6000", "--single-shard-rows", "0", "--shards", "2", "--slices", "2",
+        "--batch-ids", "50", "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(tmp_path / "work"),
+        "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert [(c["rows"], c["shards"]) for c in result["cells"]] == [(3000, 2), (6000, 2)]
+    for cell in result["cells"]:
+        assert cell["batch_ids"] == 50 and 0 <= cell["one_id"] < cell["rows"]
+        assert set(cell["steps"]) == {"train", "delete_one", "delete_batch", "status", "eval"}
+        for step in cell["steps"].values():
+            assert step["ok"] and step["exit_code"] == 0
+            assert step["wall_seconds"] > 0 and step["cpu_seconds"] > 0 and step["peak_rss_bytes"] > 0
+            assert step["io"]["wchar"] > 0 and step["workspace_bytes"] > 0
+        assert cell["steps"]["train"]["output"]["n_train"] == cell["rows"]
+        assert cell["steps"]["delete_batch"]["output"]["requested"] == 50
+    assert result["date"] and result["machine"]["cpus"] and "scale.py" in result["command"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        f"scale-r{r}-t{r // 10}-s0-{k}.parquet" for r in (3000, 6000) for k in ("test", "train")]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| rows | S | train: wall s" in table and "| 3,000 | 2 |" in table and "| 6,000 | 2 |" in table
+    assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_storage_smoke(tmp_path):
+    from sisa.settings import Settings
+
+    run("storage.py", "--models", "logreg,mlp", "--out", str(tmp_path), "--name", "smoke")
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert Settings.optimizer == result["optimizer"] == "adam"
+    assert [m["model"] for m in result["models"]] == ["logreg", "mlp"]
+    for m in result["models"]:
+        assert m["parameters"] > 0 and m["weights_bytes"] > 4 * m["parameters"] - 1
+        assert m["state_bytes"] > 1.5 * m["weights_bytes"]  # Adam keeps two moments per parameter
+        assert [(w["shards"], w["slices"]) for w in m["workspaces"]] == [(20, 50), (Settings.shards, Settings.slices)]
+        for w in m["workspaces"]:
+            assert w["workspace_bytes"] == w["shards"] * w["slices"] * (m["weights_bytes"] + m["state_bytes"])
+            assert w["inference_bytes"] == w["shards"] * m["weights_bytes"] < w["inference_bytes_before"]
+    assert result["date"] and "storage.py" in result["command"]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| logreg | fashion-mnist (1x28x28) | 7,850 |" in table and "| mlp | 20 x 50 (SISA paper) |" in table

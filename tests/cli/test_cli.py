@@ -54,7 +54,7 @@ def test_train_refuses_an_existing_workspace_unless_forced(tmp_path):
     shas = checkpoint_shas(tmp_path)
     assert sorted(shas) == [(0, 0), (1, 0)]
     files = sorted(p.name for p in (tmp_path / "checkpoints").rglob("*.pt"))
-    assert len(files) == 2, "the old workspace's checkpoints are gone"
+    assert len(files) == 4, "the old workspace's checkpoints are gone"  # a state and a weights file each
 
 
 def test_status_reports_every_checkpoint(tmp_path):
@@ -80,14 +80,14 @@ def test_status_reports_a_flipped_byte_and_predict_refuses_it(tmp_path):
     run_cli("train", "--workdir", tmp_path, *FAST)
     manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
     target = next(r for r in manifest["checkpoints"] if r["shard"] == 2 and r["slice"] == 1)
-    path = tmp_path / "checkpoints" / target["file"]
+    path = tmp_path / "checkpoints" / target["weights"]  # the file eval and predict read
     data = bytearray(path.read_bytes())
     data[100] ^= 0x40
     path.write_bytes(bytes(data))
     status = run_cli("status", "--workdir", tmp_path, "--json")
     assert status.code == 1
     bad = [c for c in status.json["checkpoints"] if not c["ok"]]
-    assert [(c["shard"], c["slice"], c["problem"]) for c in bad] == [(2, 1, "sha256 mismatch")]
+    assert [(c["shard"], c["slice"], c["problem"]) for c in bad] == [(2, 1, f"{target['weights']}: sha256 mismatch")]
     human = run_cli("status", "--workdir", tmp_path)
     assert "DAMAGED checkpoint shard 2 slice 1" in human.out
     for command in (("eval",), ("predict", "--input", "digits")):

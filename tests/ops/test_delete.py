@@ -121,13 +121,13 @@ def test_only_affected_shards_and_later_slices_are_touched(base, tmp_path):
                                     "sample_passes": trained[0] * epochs[2] + trained[1] * epochs[3]}]
     assert result["samples_retrained"] == sum(trained) < 2 * sum(per_slice)
     after = records(ws.root)
-    for key, (sha, _, name) in before.items():
-        path = ws.checkpoints_dir / name
-        if key[0] == 1 and key[1] >= 2:
-            assert after[key][0] != sha and not path.exists()
-        else:
-            assert after[key][0] == sha
-            assert (path.stat().st_mtime_ns, path.stat().st_ino, path.read_bytes()) == stats[path]
+    for key, (sha, _, *names) in before.items():
+        for path in (ws.checkpoints_dir / name for name in names):  # the training state and the weights
+            if key[0] == 1 and key[1] >= 2:
+                assert after[key][0] != sha and not path.exists()
+            else:
+                assert after[key][0] == sha
+                assert (path.stat().st_mtime_ns, path.stat().st_ino, path.read_bytes()) == stats[path]
 
 
 def test_deleted_rows_are_purged_from_disk(base, tmp_path):
@@ -137,7 +137,7 @@ def test_deleted_rows_are_purged_from_disk(base, tmp_path):
     delete(ws, [target])
     assert target not in shard_layout(ws.root)
     assert len(list(ws.shards_dir.glob("shard-*.parquet"))) == SETTINGS.shards
-    live = {name for (_, _, name) in records(ws.root).values()}
+    live = {name for (_, _, state, weights) in records(ws.root).values() for name in (state, weights)}
     on_disk = {str(p.relative_to(ws.checkpoints_dir)) for p in ws.checkpoints_dir.rglob("*.pt")}
     assert on_disk == live
 

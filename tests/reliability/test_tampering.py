@@ -32,11 +32,16 @@ DAMAGE = {
 }
 
 
-def assert_detected(ws: Path, fragment: str) -> None:
+def assert_detected(ws: Path, fragment: str, *, read_by_predict: bool = True) -> None:
+    """status and audit find the damage; predict (which reads only the weights file) refuses
+    damaged weights, and predicts from intact weights whatever happened to the training state."""
     status = run_cli("status", "--workdir", ws, "--json")
     assert status.code == 1 and not status.json["ok"]
     predict = run_cli("predict", "--workdir", ws, "--input", ws / "probe.parquet")
-    assert predict.code == 1 and fragment in predict.err and "Traceback" not in predict.err
+    if read_by_predict:
+        assert predict.code == 1 and fragment in predict.err and "Traceback" not in predict.err
+    else:
+        assert predict.code == 0, predict.err
     audit = run_cli("audit", "--workdir", ws, "--json")
     assert audit.code == 1 and audit.json["problems"]
 
@@ -49,13 +54,14 @@ def probe(ws, source):
     return ws / "probe.parquet"
 
 
+@pytest.mark.parametrize("part", ["weights", "file"])
 @pytest.mark.parametrize("how", list(DAMAGE))
-def test_a_damaged_final_checkpoint_is_detected_and_repaired(ws, probe, how):
+def test_a_damaged_final_checkpoint_is_detected_and_repaired(ws, probe, how, part):
     before = {(r["shard"], r["slice"]): r["sha256"] for r in checkpoints(ws)}
     target = next(r for r in checkpoints(ws) if r["shard"] == 1 and r["slice"] == 2)
-    DAMAGE[how](ws / "checkpoints" / target["file"])
+    DAMAGE[how](ws / "checkpoints" / target[part])
     fragment = "cannot read checkpoint" if how == "deleted" else "does not match its recorded sha256"
-    assert_detected(ws, fragment)
+    assert_detected(ws, fragment, read_by_predict=part == "weights")
     repaired = run_cli("repair", "--workdir", ws, "--json")
     assert repaired.code == 0, repaired.out + repaired.err
     assert any("shard 1" in a for a in repaired.json["actions"])
@@ -106,7 +112,8 @@ def test_an_edited_manifest_is_refused(ws, which, field):
         assert result.code == 1 and "was edited or damaged" in result.err, command
 
 
-def test_a_pickle_planted_as_a_checkpoint_never_runs(ws, probe, tmp_path):
+@pytest.mark.parametrize("part", ["weights", "file"])
+def test_a_pickle_planted_as_a_checkpoint_never_runs(ws, probe, tmp_path, part):
     import zipfile
 
     import torch
@@ -118,7 +125,7 @@ def test_a_pickle_planted_as_a_checkpoint_never_runs(ws, probe, tmp_path):
             return (Path.touch, (marker,))
 
     target = next(r for r in checkpoints(ws) if r["shard"] == 0 and r["slice"] == 2)
-    path = ws / "checkpoints" / target["file"]
+    path = ws / "checkpoints" / target[part]
     honest = io.BytesIO()
     torch.save({"x": 1}, honest)
     evil = io.BytesIO()
@@ -130,11 +137,17 @@ def test_a_pickle_planted_as_a_checkpoint_never_runs(ws, probe, tmp_path):
     # a careful attacker also records the new sha256 and re-seals the manifest
     sha = sha256_bytes(evil.getvalue())
     edit_manifest(ws / "checkpoints" / "manifest.json",
-                  lambda m: next(r for r in m["checkpoints"] if r["file"] == target["file"]).update(sha256=sha))
+                  lambda m: next(r for r in m["checkpoints"] if r["file"] == target["file"]).update(
+                      {"sha256" if part == "file" else "weights_sha256": sha}))
     for command in (("predict", "--input", probe), ("eval",)):
         result = run_cli(*command, "--workdir", ws)
-        assert result.code == 1 and "refusing to load checkpoint" in result.err, command
+        if part == "weights":
+            assert result.code == 1 and "refusing to load checkpoint" in result.err, command
+        else:  # the weights, which the training state names, are intact: only they are read
+            assert result.code == 0, command
     assert not marker.exists()
     audit = run_cli("audit", "--workdir", ws, "--json")
-    assert audit.code == 1 and any("refusing to load checkpoint" in p for p in audit.json["problems"])
+    # weights with a re-sealed sha256 are still not those the (intact) training state names
+    expected = "does not name the weights its record names" if part == "weights" else "refusing to load checkpoint"
+    assert audit.code == 1 and any(expected in p for p in audit.json["problems"]), audit.json["problems"]
     assert not marker.exists()

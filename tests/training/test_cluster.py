@@ -8,6 +8,7 @@ authentication with a token of the test's own.
 """
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -48,17 +49,19 @@ class Cluster:
         self.temp = Path(tempfile.mkdtemp(prefix="sisa-ray-", dir="/tmp"))  # short: Ray's socket paths
         self.port = _free_port()
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+        # a local Ray instance an earlier test started in this process set this for its own use
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.env.pop("SISA_CRASH_AT", None)
         self.worker = None
-
-    @property
-    def address(self) -> str:
-        return f"{socket.gethostbyname(socket.gethostname())}:{self.port}"
+        self.address = ""
 
     def start(self) -> None:
-        subprocess.run([RAY, "start", "--head", "--num-cpus=0", f"--port={self.port}", "--include-dashboard=false",
-                        f"--temp-dir={self.temp}", "--disable-usage-stats"],
-                       env=self.env, check=True, capture_output=True, timeout=120)
+        head = subprocess.run([RAY, "start", "--head", "--num-cpus=0", f"--port={self.port}",
+                               "--include-dashboard=false", f"--temp-dir={self.temp}", "--disable-usage-stats"],
+                              env=self.env, check=True, capture_output=True, text=True, timeout=120)
+        found = re.search(r"ray start --address='([^']+)'", head.stdout + head.stderr)
+        assert found, head.stdout + head.stderr
+        self.address = found.group(1)
         worker = (f"mount -t tmpfs tmpfs '{self.hidden}' && exec '{RAY}' start --address={self.address} "
                   f"--num-cpus=2 --block --disable-usage-stats")
         self.worker = subprocess.Popen(["unshare", "-m", "sh", "-c", worker], env=self.env,

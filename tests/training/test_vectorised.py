@@ -31,9 +31,8 @@ def digits():
 
 
 def checkpoint_states(workdir: Path, slice_: int) -> dict:
-    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
-    return {r["shard"]: torch.load(workdir / "checkpoints" / r["file"], weights_only=True)
-            for r in manifest["checkpoints"] if r["slice"] == slice_}
+    workspace = Workspace(workdir)
+    return {r.shard: workspace.load_checkpoint(r) for r in workspace.checkpoints().checkpoints if r.slice == slice_}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

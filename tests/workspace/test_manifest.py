@@ -3,11 +3,21 @@
 import json
 
 import pytest
-from helpers import copy_workspace, edit_manifest
+from helpers import (
+    checkpoint_shas,
+    copy_workspace,
+    edit_manifest,
+    run_cli,
+)
 
 from sisa import __version__
 from sisa.errors import SisaError
-from sisa.workspace.files import Workspace
+from sisa.workspace.files import (
+    Workspace,
+    file_ids,
+    legacy_checkpoint_bytes,
+    sha256_bytes,
+)
 from sisa.workspace.manifest import (
     CHECKPOINTS_FORMAT,
     WORKSPACE_FORMAT,
@@ -49,8 +59,54 @@ def test_a_workspace_of_another_format_is_refused_naming_it_and_its_writer(small
                                         r"sisa-workspace/1"):
         Workspace(ws).manifest()
     edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m.update(format="something-else"))
-    with pytest.raises(SisaError, match="is not a sisa-checkpoints/1 manifest"):
+    with pytest.raises(SisaError, match="is not a sisa-checkpoints/2 manifest"):
         Workspace(ws).checkpoints()
+    edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m.update(format="sisa-checkpoints/3"))
+    with pytest.raises(SisaError, match=r"format sisa-checkpoints/3; this sisa reads sisa-checkpoints/2"):
+        Workspace(ws).checkpoints()
+
+
+def _as_format_1(ws) -> None:
+    """Rewrite a workspace's checkpoints as sisa wrote them before weights had a file of their
+    own: one file per checkpoint holding the whole state, in a sisa-checkpoints/1 manifest."""
+    workspace = Workspace(ws)
+    records = []
+    for record in workspace.checkpoints().checkpoints:
+        data = legacy_checkpoint_bytes(workspace.load_checkpoint(record))  # what sisa 0.2.0 wrote
+        (ws / "checkpoints" / record.weights).unlink()
+        workspace.write_checkpoint(record.file, data)
+        records.append(dict(record.to_json(), sha256=sha256_bytes(data), bytes=len(data)))
+        for name in ("weights", "weights_sha256", "weights_bytes"):
+            records[-1].pop(name)
+
+    def downgrade(m):
+        m.update(format="sisa-checkpoints/1", checkpoints=records)
+
+    edit_manifest(ws / "checkpoints" / "manifest.json", downgrade)
+
+
+def test_a_format_1_workspace_is_read_and_written_back_as_format_2(small_trained, tmp_path):
+    ws = copy_workspace(small_trained, tmp_path)
+    _as_format_1(ws)
+    assert not list((ws / "checkpoints").rglob("*.weights.pt"))
+    reference = copy_workspace(small_trained, tmp_path / "reference")
+    evaluated = run_cli("eval", "--workdir", ws, "--json")
+    assert evaluated.code == 0 and evaluated.json == run_cli("eval", "--workdir", reference, "--json").json
+    assert run_cli("audit", "--workdir", ws).code == 0
+    # one id of a last slice, so that the shard keeps a checkpoint of format 1 before it
+    forget = [next(i for i, slice_ in zip(*file_ids(Workspace(ws), entry)) if slice_ == 1)
+              for entry in Workspace(ws).manifest().shards[:1]]
+    for path in (ws, reference):
+        assert run_cli("delete", "--workdir", path, "--ids", ",".join(map(str, forget))).code == 0
+    migrated = _stored(Workspace(ws).checkpoints_manifest_path)
+    assert migrated["format"] == CHECKPOINTS_FORMAT
+    fresh = {(r["shard"], r["slice"]): r["sha256"] for r in migrated["checkpoints"] if "weights" in r}
+    assert fresh and all(checkpoint_shas(reference)[key] == sha for key, sha in fresh.items())
+    assert len(fresh) < len(migrated["checkpoints"])  # untouched checkpoints stay one file each
+    assert run_cli("eval", "--workdir", ws, "--json").json == run_cli("eval", "--workdir", reference, "--json").json
+    # the replay compares format 1 checkpoints with fresh ones written as format 1 was
+    replayed = run_cli("audit", "--workdir", ws, "--replay", "--json")
+    assert replayed.code == 0 and replayed.json["replayed_shards"], replayed.out
 
 
 def test_a_malformed_manifest_is_named_not_a_traceback(small_trained, tmp_path):
