@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Collection, Iterable, Optional
 
 import numpy as np
 
@@ -145,6 +145,23 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 def key_text(value: Any) -> str:
     return id_bytes(value).decode("utf-8", "surrogateescape")
+
+
+def id_mask(ids: np.ndarray, keys: Collection[str]) -> np.ndarray:
+    """True for each of ``ids`` whose :func:`key_text` is in ``keys``; vectorised over an
+    integer array (a key of the other kind never matches: 7 is not "7").
+
+    >>> id_mask(np.array([5, 6, 7]), {"i:7", "s:5"}).tolist()
+    [False, False, True]
+    """
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu":
+        # only keys as key_text writes them ("i:7", never "i:007" or "i:+7")
+        wanted = [int(k[2:]) for k in keys if k.startswith("i:") and _INT.fullmatch(k[2:]) and len(k) < 24]
+        wanted = [v for v in wanted if -2**63 <= v < 2**63 and f"i:{v}" in keys]
+        return np.isin(ids, np.array(wanted, dtype=np.int64)) if wanted else np.zeros(len(ids), dtype=bool)
+    keys = keys if isinstance(keys, (set, frozenset, dict)) else set(keys)
+    return np.fromiter((key_text(v) in keys for v in ids.tolist()), dtype=bool, count=len(ids))
 
 
 def parse_ids(raw: Iterable[str], id_kind: str) -> list:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sisa.errors import SisaError
-from sisa.ids import id_bytes_array, ids_digest
+from sisa.ids import id_bytes_array, id_mask, ids_digest, key_text
 
 
 def test_ids_digest_is_a_set_hash():
@@ -133,3 +133,26 @@ def test_id_bytes_array_covers_the_usual_ids_and_only_exact_ones():
         assert id_bytes_array(ids) is not None
     for ids in (["a\x00"], [True], np.array([True]), [1, "a"], [2**63], iter([1]), ["\ud800"], np.zeros((2, 2))):
         assert id_bytes_array(ids) is None
+
+
+# -- id_mask: the vectorised "is this id's key among these keys"
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.integers(-2**63, 2**63 - 1), max_size=30, unique=True),
+       keys=st.sets(st.one_of(st.integers(-2**64, 2**64).map(lambda v: f"i:{v}"),
+                              st.integers(-50, 50).map(lambda v: f"s:{v}"),
+                              st.sampled_from(["i:007", "i:+7", "i:", "s:", "i:-0", "x:7"])), max_size=10))
+def test_id_mask_over_integers_matches_key_text(ids, keys):
+    ids = ids + [v for v in (7, 0) if v not in ids]  # the ids "i:007", "i:+7" and "i:-0" would wrongly name
+    keys |= {key_text(v) for v in ids[::3]}  # some present
+    expected = [key_text(v) in keys for v in ids]
+    assert id_mask(np.array(ids, dtype=np.int64), keys).tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.text(max_size=6), max_size=20, unique=True),
+       keys=st.sets(st.text(max_size=6).map(lambda v: f"s:{v}"), max_size=5))
+def test_id_mask_over_text_matches_key_text(ids, keys):
+    keys |= {key_text(v) for v in ids[::2]} | {"i:3"}
+    expected = [key_text(v) in keys for v in ids]
+    assert id_mask(np.array(ids, dtype=object), keys).tolist() == expected

@@ -20,11 +20,11 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.ids import ids_digest, key_text
+from sisa.ids import id_mask, ids_digest, key_text
 from sisa.models import check_source, model_source
 from sisa.training.executors import Executor, accept_result, make_executor
-from sisa.training.jobs import DataSpec, Progress, ShardJob
-from sisa.workspace.files import Workspace
+from sisa.training.jobs import Progress, ShardJob
+from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import (
     Deleted,
     Ledger,
@@ -34,7 +34,7 @@ from sisa.workspace.ledger import (
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import CheckpointRecord, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
-from sisa.workspace.rows import ShardRows, rows_to_parquet
+from sisa.workspace.rows import rows_to_parquet
 from sisa.workspace.staging import (
     finish_swap,
     remove_scratch,
@@ -170,7 +170,7 @@ def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> Non
     test = shard == TEST_SHARD
     entry = manifest.test if test else manifest.shard(shard)
     rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
-    keep = np.array([key_text(v) not in deleted for v in rows.ids.tolist()], dtype=bool)
+    keep = ~id_mask(rows.ids, deleted)
     if keep.all():
         return
     payload = rows_to_parquet(rows.ids[keep], None if test else shard, None if test else rows.slice[keep],
@@ -197,13 +197,15 @@ def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> Non
         (workspace.shards_dir / entry.file).unlink(missing_ok=True)
 
 
-def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[CheckpointRecord], slices: int) -> int:
-    """Number of leading slices whose checkpoint exists and was trained on exactly these rows."""
+def _valid_prefix(workspace: Workspace, ids: np.ndarray, slices_of: np.ndarray, records: list[CheckpointRecord],
+                  slices: int) -> int:
+    """Number of leading slices whose checkpoint exists and was trained on exactly the rows
+    ``ids`` (in slice order; ``slices_of`` their slices) of its shard."""
     by_slice = {r.slice: r for r in records}
     for slice_ in range(slices):
-        n = int(np.searchsorted(rows.slice, slice_, side="right"))
+        n = int(np.searchsorted(slices_of, slice_, side="right"))
         record = by_slice.get(slice_)
-        if record is None or record.ids_sha256 != ids_digest(rows.ids[:n]) \
+        if record is None or record.ids_sha256 != ids_digest(ids[:n]) \
                 or not workspace.verify_checkpoint(record):
             return slice_
     return slices
@@ -212,12 +214,11 @@ def _valid_prefix(workspace: Workspace, rows: ShardRows, records: list[Checkpoin
 def _drop_stale(workspace: Workspace, manifest: WorkspaceManifest, shard: int) -> Optional[ShardJob]:
     """Drop the shard's checkpoints that no longer match its rows (and any past its last
     slice, after a revert); the job that retrains the rest (None when nothing is left to train)."""
-    spec = DataSpec.from_info(manifest.data)
     entry = manifest.shard(shard)
-    rows = workspace.read_data_file(entry.file, entry.sha256, spec.shape, spec.dtype)
+    ids, slices_of = file_ids(workspace, entry)  # the features are the job's to read
     checkpoints = workspace.checkpoints()
     own = checkpoints.of_shard(shard)
-    valid = _valid_prefix(workspace, rows, own, manifest.n_slices) if entry.rows else 0
+    valid = _valid_prefix(workspace, ids, slices_of, own, manifest.n_slices) if entry.rows else 0
     stale = [r for r in own if r.slice >= valid]
     if stale:
         workspace.save(checkpoints.without_records(stale))

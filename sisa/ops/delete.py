@@ -15,7 +15,7 @@ import numpy as np
 from sisa.data.partition import assign
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.ids import key_text
+from sisa.ids import id_mask, key_text
 from sisa.ops.commit import (
     TEST_SHARD,
     check_model_source,
@@ -108,7 +108,8 @@ def _plan_shard(plan: Plan, workspace: Workspace, entry: DataFile, candidates: l
     """Find ``candidates`` in the shard's rows; the shard's earliest affected slice."""
     shard = entry.shard
     shard_ids, shard_slices = file_ids(workspace, entry)
-    position = {key_text(v): i for i, v in enumerate(shard_ids.tolist())}
+    found = np.flatnonzero(id_mask(shard_ids, {key_text(v) for v in candidates}))
+    position = {key_text(v): i for i, v in zip(found.tolist(), shard_ids[found].tolist())}
     for value in candidates:
         i = position.get(key_text(value))
         if i is None:
@@ -126,7 +127,9 @@ def _plan_shard(plan: Plan, workspace: Workspace, entry: DataFile, candidates: l
 
 def _plan_test_rows(plan: Plan, workspace: Workspace, test: DataFile) -> None:
     """A person's rows may sit in the held-out test set: they are purged from it too."""
-    test_ids = set(map(key_text, file_ids(workspace, test)[0].tolist()))
+    ids = file_ids(workspace, test)[0]
+    wanted = {key_text(v) for v in plan.missing} | {key_text(v) for found in plan.delete.values() for v in found}
+    test_ids = set(map(key_text, ids[id_mask(ids, wanted)].tolist()))
     plan.test = [v for v in plan.missing if key_text(v) in test_ids]
     plan.missing = [v for v in plan.missing if key_text(v) not in test_ids]
     plan.also_test = [v for ids in plan.delete.values() for v in ids if key_text(v) in test_ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from sisa.data.partition import Assignment, assign, check_sizes, shard_order
 from sisa.data.sources import Dataset, Table
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.ids import id_order, ids_digest, key_text
+from sisa.ids import id_mask, id_order, ids_digest, key_text
 from sisa.models import build_model, check_output, model_source
 from sisa.ops.commit import ensure_base
 from sisa.ops.ensemble import Ensemble
@@ -144,7 +145,12 @@ def _without_deleted(dataset: Dataset, deleted: dict) -> tuple[Dataset, int]:
     # the person deleted as the integer 7
     texts = {key[2:] for key in deleted}
 
+    # integer ids: the keys of integers, and texts that are an integer as written ("7", not "007")
+    as_int = {"i:" + t for t in texts if re.fullmatch(r"-?[1-9][0-9]*|0", t)}
+
     def keep(table: Table) -> np.ndarray:
+        if table.ids.dtype.kind in "iu":
+            return ~id_mask(table.ids, as_int)
         return np.fromiter((key_text(v) not in deleted and str(v) not in texts for v in table.ids.tolist()),
                            dtype=bool, count=len(table))
 
