@@ -35,7 +35,7 @@ from sisa.workspace.manifest import (
     WorkspaceManifest,
 )
 from sisa.workspace.orphans import orphan_files
-from sisa.workspace.rows import ShardRows
+from sisa.workspace.rows import ShardRows, concat_rows
 from sisa.workspace.staging import (
     scratch_folders,
     swap_path,
@@ -102,17 +102,22 @@ class _Audit:
 
     def data_files(self) -> None:
         """Every data file whole, and holding none of the deleted ids."""
+        by_shard: dict[int, list] = {}
         for entry in self.manifest.files():
             kind = "test file" if entry.shard is None else "shard file"
             if sha256_file(self.workspace.shards_dir / entry.file) != entry.sha256:
                 self.problems.append(f"{kind} {entry.file} is missing or does not match its sha256")
+                if entry.shard is not None:
+                    by_shard[entry.shard] = by_shard.get(entry.shard, []) + [None]
                 continue
             rows = self.workspace.read_data_file(entry.file, entry.sha256, self.spec.shape, self.spec.dtype)
             if entry.shard is not None:
-                self.rows_by_shard[entry.shard] = rows
+                by_shard[entry.shard] = by_shard.get(entry.shard, []) + [rows]
             present = [v for v in rows.ids.tolist() if key_text(v) in self.targets or str(v) in self.target_texts]
             if present:
                 self.problems.append(f"{kind} {entry.file} holds deleted ids: {present[:10]}")
+        # a shard's rows, where all its files are whole
+        self.rows_by_shard = {s: concat_rows(parts) for s, parts in by_shard.items() if None not in parts}
 
     def checkpoint(self, record: CheckpointRecord) -> None:
         """Whole, a torch file of tensors only, the slice its record says, trained on its rows."""
@@ -203,7 +208,7 @@ def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: Data
     # (a copy that outlived a killed audit would hold personal data nobody knows of). As
     # training ran it: alone, or in its vectorised group's position.
     job = ShardJob.for_shard(str(workspace.root), manifest, entry)
-    files = CarriedFiles.gather(workspace, [entry.file], [])
+    files = CarriedFiles.gather(workspace, [p.file for p in entry.parts], [])
     result = run_carried([job], files)[0]
     fresh = {r.slice: r.sha256 for r in result.checkpoints}
     # a checkpoint of format 1 (one file) is compared with the fresh one written that way

@@ -32,7 +32,7 @@ from sisa.workspace.ledger import (
     utc_now,
 )
 from sisa.workspace.lock import workspace_lock
-from sisa.workspace.manifest import CheckpointRecord, WorkspaceManifest
+from sisa.workspace.manifest import CheckpointRecord, ShardData, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
 from sisa.workspace.rows import rows_to_parquet
 from sisa.workspace.staging import (
@@ -164,34 +164,49 @@ def _replaced(before: dict[tuple[int, int], str], after: dict[tuple[int, int], s
 
 
 def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> None:
-    """Rewrite a shard's file (or the test file, for TEST_SHARD) without deleted rows: the new
-    file under a new name first, then the manifest, then the old file goes."""
+    """Rewrite the files of a shard (or the test file, for TEST_SHARD) that hold deleted rows
+    without them: the new files under new names first, then the manifest, then the old files
+    go. A shard's other slices' files are not read (beyond their ids) or written."""
     manifest = workspace.manifest()
-    test = shard == TEST_SHARD
-    entry = manifest.test if test else manifest.shard(shard)
+    if shard == TEST_SHARD:
+        _purge_test(workspace, manifest, deleted)
+        return
+    entry = manifest.shard(shard)
+    parts, replaced = [], []
+    for part, first in zip(entry.parts, entry.first_slices()):
+        if not id_mask(file_ids(workspace, part)[0], deleted).any():
+            parts.append(part)
+            continue
+        rows = workspace.read_data_file(part.file, part.sha256, manifest.data.shape, manifest.data.dtype)
+        kept = rows.take(~id_mask(rows.ids, deleted))
+        parts.extend(workspace.write_shard_slices(shard, range(first, first + len(part.slice_rows or ())), kept))
+        replaced.append(part.file)
+    if not replaced:
+        return
+    manifest = manifest.with_shard(ShardData(shard=shard, parts=tuple(parts)))
+    manifest = manifest.replace(data=dataclasses.replace(manifest.data, n_train=sum(e.rows for e in manifest.shards)))
+    workspace.save(manifest)
+    crash_point("after-purge-file")
+    for name in replaced:
+        (workspace.shards_dir / name).unlink(missing_ok=True)
+
+
+def _purge_test(workspace: Workspace, manifest: WorkspaceManifest, deleted: dict[str, Deleted]) -> None:
+    entry = manifest.test
     rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
     keep = ~id_mask(rows.ids, deleted)
     if keep.all():
         return
-    payload = rows_to_parquet(rows.ids[keep], None if test else shard, None if test else rows.slice[keep],
-                              rows.label[keep], rows.X[keep])
-    name, sha = workspace.write_versioned("test" if test else f"shard-{shard:03d}", payload)
+    payload = rows_to_parquet(rows.ids[keep], None, None, rows.label[keep], rows.X[keep])
+    name, sha = workspace.write_versioned("test", payload)
     new = dataclasses.replace(entry, file=name, sha256=sha, rows=int(keep.sum()),
                               ids_sha256=ids_digest(rows.ids[keep]) if entry.ids_sha256 else "")
-    if test:
-        # ids deleted as training rows that also sat in the test rows (workspaces trained before
-        # test ids had to differ): the audit's count of test rows needs them
-        also = sum(1 for v in rows.ids[~keep].tolist() if deleted.get(key_text(v), (TEST_SHARD,))[0] != TEST_SHARD)
-        data = dataclasses.replace(manifest.data, n_test=new.rows,
-                                   n_test_deleted_as_training=manifest.data.n_test_deleted_as_training + also)
-        manifest = manifest.replace(test=new, data=data)
-    else:
-        new = dataclasses.replace(new, slice_rows=tuple(
-            np.bincount(rows.slice[keep], minlength=manifest.n_slices).tolist()))
-        manifest = manifest.with_shard(new)
-        manifest = manifest.replace(data=dataclasses.replace(
-            manifest.data, n_train=sum(e.rows for e in manifest.shards)))
-    workspace.save(manifest)
+    # ids deleted as training rows that also sat in the test rows (workspaces trained before
+    # test ids had to differ): the audit's count of test rows needs them
+    also = sum(1 for v in rows.ids[~keep].tolist() if deleted.get(key_text(v), (TEST_SHARD,))[0] != TEST_SHARD)
+    data = dataclasses.replace(manifest.data, n_test=new.rows,
+                               n_test_deleted_as_training=manifest.data.n_test_deleted_as_training + also)
+    workspace.save(manifest.replace(test=new, data=data))
     crash_point("after-purge-file")
     if entry.file != name:
         (workspace.shards_dir / entry.file).unlink(missing_ok=True)

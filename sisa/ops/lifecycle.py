@@ -25,7 +25,7 @@ from sisa.data.dataset import Dataset, Table, check_features, preview
 from sisa.data.partition import assign, shard_order
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.ids import ids_digest, key_text
+from sisa.ids import key_text
 from sisa.ops.commit import (
     check_model_source,
     complete_pending,
@@ -39,7 +39,7 @@ from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import Ledger, read_ledger, read_versions, utc_now
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import Batch, WorkspaceManifest
-from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.rows import ShardRows
 
 # ------------------------------------------------------------------------------------- add
 
@@ -130,23 +130,17 @@ def _check_ids(workspace: Workspace, manifest: WorkspaceManifest, ids: np.ndarra
 
 def _append(workspace: Workspace, manifest: WorkspaceManifest, ids: np.ndarray, labels: np.ndarray,
             X: np.ndarray, batch: Batch) -> WorkspaceManifest:
-    """Write every shard that gets rows as a new file: its rows, then the batch's in (slice,
-    key) order; returns the manifest that names them (not yet saved)."""
+    """Write each shard's files of the batch's slices (one per slice, with the shard's rows of
+    the batch in key order; a file without rows where it brings the shard none) after its
+    existing ones, which stay as they are; returns the manifest that names them (not yet saved)."""
     settings, first, k = manifest.settings, manifest.n_slices, len(batch.epochs)
     where = assign(ids, seed=settings.seed, shards=settings.shards, slices=k)
     shards = []
     for entry in manifest.shards:
         rows = shard_order(where, entry.shard)
-        counts = tuple(np.bincount(where.slice[rows], minlength=k).tolist())
-        if len(rows):
-            old = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
-            all_ids = np.concatenate([old.ids, ids[rows]]) if len(old.ids) else ids[rows]
-            name, sha = workspace.write_shard_file(entry.shard, rows_to_parquet(
-                all_ids, entry.shard, np.concatenate([old.slice, where.slice[rows] + first]),
-                np.concatenate([old.label, labels[rows]]), np.concatenate([old.X, X[rows]])))
-            entry = dataclasses.replace(entry, file=name, sha256=sha, rows=len(all_ids),
-                                        ids_sha256=ids_digest(all_ids))
-        shards.append(dataclasses.replace(entry, slice_rows=tuple(entry.slice_rows or ()) + counts))
+        added = ShardRows(ids[rows], where.slice[rows] + first, labels[rows], X[rows])
+        parts = workspace.write_shard_slices(entry.shard, range(first, first + k), added)
+        shards.append(dataclasses.replace(entry, parts=entry.parts + parts))
     data = dataclasses.replace(manifest.data, n_train=manifest.data.n_train + len(ids),
                                n_train_initial=_plus(manifest.data.n_train_initial, len(ids)))
     return manifest.replace(shards=tuple(shards), data=data, version=batch.version,
@@ -155,7 +149,7 @@ def _append(workspace: Workspace, manifest: WorkspaceManifest, ids: np.ndarray, 
 
 def _unlink_replaced(workspace: Workspace, old: WorkspaceManifest, new: WorkspaceManifest) -> None:
     live = {e.file for e in new.files()}
-    for entry in old.shards:
+    for entry in old.files():
         if entry.file not in live:
             (workspace.shards_dir / entry.file).unlink(missing_ok=True)
 
@@ -227,21 +221,22 @@ def _reverted_batches(manifest: WorkspaceManifest, to: int, versions: list[dict]
 
 def _truncate(workspace: Workspace, manifest: WorkspaceManifest, keep: tuple[Batch, ...],
               version: int) -> WorkspaceManifest:
-    """Rewrite every shard file that holds rows of a reverted batch without them; returns the
-    manifest that names the new files (not yet saved)."""
+    """Drop each shard's files of the reverted batches' slices (a file that also holds kept
+    slices, as a format 1 workspace's does, is rewritten with those only); returns the
+    manifest that names the files left (not yet saved)."""
     slices = manifest.replace(batches=keep).n_slices
     shards, removed = [], 0
     for entry in manifest.shards:
-        entry = dataclasses.replace(entry, slice_rows=tuple((entry.slice_rows or ())[:slices]))
-        if entry.rows != sum(entry.slice_rows):
-            rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
-            kept = rows.slice < slices
-            name, sha = workspace.write_shard_file(entry.shard, rows_to_parquet(
-                rows.ids[kept], entry.shard, rows.slice[kept], rows.label[kept], rows.X[kept]))
-            removed += entry.rows - int(kept.sum())
-            entry = dataclasses.replace(entry, file=name, sha256=sha, rows=int(kept.sum()),
-                                        ids_sha256=ids_digest(rows.ids[kept]))
-        shards.append(entry)
+        parts = []
+        for part, first in zip(entry.parts, entry.first_slices()):
+            if first + len(part.slice_rows or ()) <= slices:
+                parts.append(part)
+            elif first < slices:
+                rows = workspace.read_data_file(part.file, part.sha256, manifest.data.shape, manifest.data.dtype)
+                parts.extend(workspace.write_shard_slices(entry.shard, range(first, slices),
+                                                          rows.take(rows.slice < slices)))
+        removed += entry.rows - sum(p.rows for p in parts)
+        shards.append(dataclasses.replace(entry, parts=tuple(parts)))
     data = dataclasses.replace(manifest.data, n_train=manifest.data.n_train - removed,
                                n_train_initial=_plus(manifest.data.n_train_initial, -removed))
     return manifest.replace(shards=tuple(shards), data=data, version=version, batches=keep)

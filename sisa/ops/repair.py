@@ -22,7 +22,7 @@ from sisa.ids import id_order, ids_digest, key_text
 from sisa.ops.commit import TEST_SHARD, complete_pending, retrain_shards
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
-from sisa.workspace.files import Workspace, sha256_file, weights_name
+from sisa.workspace.files import Workspace, file_ids, sha256_file, weights_name
 from sisa.workspace.ledger import read_ledger
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import (
@@ -125,15 +125,22 @@ def _rebuild_data(workspace: Workspace, manifest: WorkspaceManifest, damaged: li
                             f"in rows with 'sisa add' since it was trained, and which slice each of them sits in "
                             f"depends on the batch it came in; restore the file from a backup, or retrain with "
                             f"'sisa train --force'")
+        shard = manifest.shard(entry.shard)
+        first = shard.first_slices()[shard.parts.index(entry)]
+        slices = range(first, first + len(entry.slice_rows or ()))
         train = keep(source.train)
         where = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
         rows = shard_order(where, entry.shard)
-        expected = entry.ids_sha256 or (final[entry.shard].ids_sha256 if entry.shard in final else None)
-        _check_same_ids(f"shard {entry.shard}", train.ids[rows], entry.rows, expected, data_spec)
+        rows = rows[(where.slice[rows] >= slices.start) & (where.slice[rows] < slices.stop)]
+        single = len(shard.parts) == 1  # a format 1 file: the last checkpoint names all its ids
+        expected = entry.ids_sha256 or (final[entry.shard].ids_sha256 if single and entry.shard in final else None)
+        what = f"shard {entry.shard}" + ("" if single else f" slice {first}")
+        _check_same_ids(what, train.ids[rows], entry.rows, expected, data_spec)
         labels = source.label_index(train.y[rows], "training data")
         payload = rows_to_parquet(train.ids[rows], entry.shard, where.slice[rows], labels,
                                   train.X[rows].astype(data.dtype))
-        manifest = _replace(workspace, manifest, entry, payload, actions, retrain)
+        manifest = _replace(workspace, manifest, entry, payload, actions, retrain,
+                            prefix=f"shard-{entry.shard:03d}" + ("" if single else f"-{first:03d}"))
     workspace.save(manifest)
     return {s for s in retrain if s != TEST_SHARD}
 
@@ -164,8 +171,8 @@ def _check_same_ids(what: str, ids, rows: int, expected: Optional[str], data_spe
 
 
 def _replace(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile, payload: bytes,
-             actions: list[str], retrain: set[int]) -> WorkspaceManifest:
-    """Write a rebuilt data file; returns the manifest naming it."""
+             actions: list[str], retrain: set[int], prefix: str = "test") -> WorkspaceManifest:
+    """Write a rebuilt data file (named ``prefix``-<sha256>); returns the manifest naming it."""
     from sisa.workspace.files import sha256_bytes
 
     if sha256_bytes(payload) == entry.sha256:
@@ -173,12 +180,15 @@ def _replace(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile,
         actions.append(f"restored {entry.file} from the source, byte for byte")
         return manifest
     test = entry.shard is None
-    name, sha = workspace.write_versioned("test" if test else f"shard-{entry.shard:03d}", payload)
+    name, sha = workspace.write_versioned(prefix, payload)
     actions.append(f"rebuilt {entry.file} from the source as {name} (contents differ from the "
                    f"recorded file{'' if test else '; the shard retrains from scratch'})")
     retrain.add(TEST_SHARD if test else entry.shard)
     new = dataclasses.replace(entry, file=name, sha256=sha)
-    return manifest.replace(test=new) if test else manifest.with_shard(new)
+    if test:
+        return manifest.replace(test=new)
+    shard = manifest.shard(entry.shard)
+    return manifest.with_shard(dataclasses.replace(shard, parts=tuple(new if p == entry else p for p in shard.parts)))
 
 
 def _rebuild_checkpoints_manifest(workspace: Workspace, actions: list[str], reason: str) -> None:
@@ -198,11 +208,11 @@ def _rebuild_checkpoints_manifest(workspace: Workspace, actions: list[str], reas
 def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile) -> list[CheckpointRecord]:
     """The shard's leading checkpoints found on disk under the names their id sets give them,
     each holding the shard, slice and sample count it should."""
-    rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
+    ids, slices_of = file_ids(workspace, entry)
     records = []
     for slice_ in range(manifest.n_slices):
-        n = int(np.searchsorted(rows.slice, slice_, side="right"))
-        digest = ids_digest(rows.ids[:n])
+        n = int(np.searchsorted(slices_of, slice_, side="right"))
+        digest = ids_digest(ids[:n])
         name = workspace.checkpoint_name(entry.shard, slice_, digest)
         path = workspace.checkpoints_dir / name
         if not path.exists():

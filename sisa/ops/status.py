@@ -16,8 +16,8 @@ def status(ensemble: Ensemble) -> dict[str, Any]:
     """Settings, shard and slice sizes, and every checkpoint with whether it still matches."""
     workspace, manifest, settings = ensemble.workspace, ensemble.manifest, ensemble.settings
     checkpoints = [_checked_checkpoint(workspace, r) for r in ensemble.records]
-    shard_files = [{"shard": e.shard, "file": e.file,
-                    "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256} for e in manifest.shards]
+    shard_files = [{"shard": e.shard, "file": e.file, "ok": sha256_file(workspace.shards_dir / e.file) == e.sha256}
+                   for e in manifest.files() if e.shard is not None]
     counts = read_counts(workspace.ledger_path)
     unfinished = [v["version"] for v in read_open_versions(workspace.ledger_path)]
     data = manifest.data

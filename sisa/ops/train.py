@@ -32,11 +32,12 @@ from sisa.workspace.manifest import (
     CheckpointsManifest,
     DataFile,
     DataInfo,
+    ShardData,
     WorkspaceManifest,
     by_position,
 )
 from sisa.workspace.orphans import remove_orphans
-from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.rows import ShardRows, rows_to_parquet
 from sisa.workspace.staging import (
     STAGING_PREFIX,
     finish_swap,
@@ -245,10 +246,9 @@ def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
     shards = []
     for s in range(settings.shards):
         rows = shard_order(assignment, s)
-        name, sha = stage.write_shard_file(s, rows_to_parquet(
-            train.ids[rows], s, assignment.slice[rows], given.labels[rows], train.X[rows]))
-        shards.append(DataFile(file=name, sha256=sha, rows=int(len(rows)), ids_sha256=ids_digest(train.ids[rows]),
-                               shard=s, slice_rows=tuple(given.counts[s].tolist())))
+        parts = stage.write_shard_slices(s, range(settings.slices), ShardRows(
+            train.ids[rows], assignment.slice[rows], given.labels[rows], train.X[rows]))
+        shards.append(ShardData(shard=s, parts=parts))
     test_file = None
     if given.test_labels is not None:
         order = id_order(test.ids)

@@ -168,7 +168,8 @@ def _unit_inputs(ray, workspace: Workspace, unit: Sequence[ShardJob],
     """(kind, name) -> the bytes (or an object ref of them) of every file ``unit`` reads."""
     inputs: dict[tuple[str, str], Any] = {}
     for job in unit:
-        inputs[("data", job.shard_file)] = workspace.read_data_bytes(job.shard_file)
+        for name, _ in job.shard_files:
+            inputs[("data", name)] = workspace.read_data_bytes(name)
         if job.start is not None:
             for name, _, _ in job.start.files():
                 inputs[("checkpoint", name)] = workspace.read_checkpoint_file(name)

@@ -12,8 +12,8 @@ import numpy as np
 from sisa.settings import Settings
 from sisa.workspace.manifest import (
     CheckpointRecord,
-    DataFile,
     DataInfo,
+    ShardData,
     WorkspaceManifest,
 )
 
@@ -66,8 +66,8 @@ class ShardJob:
     shard: int
     settings: Settings
     data: DataSpec
-    shard_file: str
-    shard_sha256: str
+    shard_files: tuple[tuple[str, str], ...]
+    """(file, sha256) of each of the shard's data files, in slice order."""
     from_slice: int = 0
     start: Optional[CheckpointRecord] = None
     slice_rows: tuple[int, ...] = ()
@@ -80,13 +80,20 @@ class ShardJob:
     """Folder a worker imports a model of the user's own from (where the driver found it)."""
 
     @classmethod
-    def for_shard(cls, workdir: str, manifest: WorkspaceManifest, entry: DataFile, **options: Any) -> "ShardJob":
+    def for_shard(cls, workdir: str, manifest: WorkspaceManifest, entry: ShardData, **options: Any) -> "ShardJob":
         """The job that trains ``entry``'s shard of the workspace ``manifest`` describes."""
         from sisa.models import import_root
 
-        return cls(workdir, entry.shard, manifest.settings, DataSpec.from_info(manifest.data), entry.file,
-                   entry.sha256, slice_rows=entry.slice_rows or (), epochs=manifest.schedule(),
+        return cls(workdir, entry.shard, manifest.settings, DataSpec.from_info(manifest.data),
+                   tuple((p.file, p.sha256) for p in entry.parts), slice_rows=entry.slice_rows, epochs=manifest.schedule(),
                    import_root=import_root(manifest.settings.model), **options)
+
+    def read_rows(self, files: "JobFiles") -> Any:
+        """The shard's rows (:class:`~sisa.workspace.rows.ShardRows`), from all its files."""
+        from sisa.workspace.rows import concat_rows
+
+        return concat_rows([files.read_data_file(name, sha256, self.data.shape, self.data.dtype)
+                            for name, sha256 in self.shard_files])
 
     def schedule(self) -> tuple[int, ...]:
         return self.epochs or tuple(self.settings.slice_epochs())

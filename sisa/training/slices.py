@@ -161,7 +161,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
     settings, data = job.settings, job.data
     files = files if files is not None else Workspace(job.workdir)
     started = time.perf_counter()
-    rows = files.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
+    rows = job.read_rows(files)
     records = []
     # Optimizers import torch._dynamo on first use (about 2 s); importing it here keeps that
     # one-time cost out of the slice timings that deletion estimates are made from.

@@ -129,10 +129,10 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None,
 
 def _read_members(workspace: JobFiles, jobs: Sequence[ShardJob]) -> list[_Member]:
     """The group's members, each with its shard's rows and their place in the stacked rows."""
-    data, width = jobs[0].data, jobs[0].settings.vectorise
+    width = jobs[0].settings.vectorise
     members, offset = [], 0
     for job in jobs:
-        rows = workspace.read_data_file(job.shard_file, job.shard_sha256, data.shape, data.dtype)
+        rows = job.read_rows(workspace)
         members.append(_Member(job, job.shard % width, rows, offset))
         offset += len(rows.label)
     return members

@@ -3,12 +3,14 @@
 Layout (see shards/README.md and checkpoints/README.md):
 
     shards/manifest.json        settings, data description, shard files with their sha256
-    shards/shard-NNN-<sha>.parquet  the training rows of shard NNN (id, shard, slice, label,
-                                features); <sha> starts the file's sha256
+    shards/shard-NNN-RRR-<sha>.parquet  the training rows of slice RRR of shard NNN (id, shard,
+                                slice, label, features); <sha> starts the file's sha256 (a
+                                workspace of format 1 has one shard-NNN-<sha>.parquet per shard)
     shards/test-<sha>.parquet   the evaluation rows
     checkpoints/manifest.json   every checkpoint with its sha256, id-set hash and timings, and the
                                 numerics environment it was trained under
-    checkpoints/shard-NNN/slice-RR-<idset>.pt
+    checkpoints/shard-NNN/slice-RR-<idset>.pt          training state (optimizer, scheduler...)
+    checkpoints/shard-NNN/slice-RR-<idset>.weights.pt  the model's weights
 
 Every file is written atomically (temporary file, fsync, rename, fsync of the folder) and
 recorded with its sha256; a file that no longer matches is reported, never used. The shards
@@ -38,13 +40,21 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.ids import ids_digest
 from sisa.workspace.manifest import (
     CheckpointRecord,
     CheckpointsManifest,
     DataFile,
+    ShardData,
     WorkspaceManifest,
 )
-from sisa.workspace.rows import ARROW_THREADS, ShardRows, parquet_to_rows
+from sisa.workspace.rows import (
+    ARROW_THREADS,
+    ShardRows,
+    concat_rows,
+    parquet_to_rows,
+    rows_to_parquet,
+)
 
 FILE_MODE_ENV = "SISA_FILE_MODE"
 """``private`` (default): files 0600, folders 0700. ``umask``: 0666 and 0777 less the umask."""
@@ -482,8 +492,24 @@ class Workspace:
         self._write(("shards", name), data)
         return name, sha
 
-    def write_shard_file(self, shard: int, data: bytes) -> tuple[str, str]:
-        return self.write_versioned(f"shard-{shard:03d}", data)
+    def write_shard_slices(self, shard: int, slices: range, rows: ShardRows) -> tuple[DataFile, ...]:
+        """Write one file per slice of ``slices`` with ``rows``' rows of that slice (rows in
+        (slice, key) order; a slice without rows gets a file without rows); returns them."""
+        parts = []
+        ends = np.searchsorted(rows.slice, [slices.start, *(s + 1 for s in slices)], side="left")
+        for slice_, lo, hi in zip(slices, ends[:-1], ends[1:]):
+            part = rows.take(np.arange(lo, hi))
+            name, sha = self.write_versioned(f"shard-{shard:03d}-{slice_:03d}", rows_to_parquet(
+                part.ids, shard, part.slice, part.label, part.X))
+            parts.append(DataFile(file=name, sha256=sha, rows=int(hi - lo), ids_sha256=ids_digest(part.ids),
+                                  shard=shard, slice_rows=(int(hi - lo),)))
+        if sum(p.rows for p in parts) != len(rows.ids):
+            raise ValueError(f"rows outside slices {slices.start}..{slices.stop - 1} given for shard {shard}")
+        return tuple(parts)
+
+    def read_shard(self, entry: ShardData, shape, dtype: str) -> ShardRows:
+        """A shard's rows, from all its files, each checked against its sha256."""
+        return concat_rows([self.read_data_file(p.file, p.sha256, shape, dtype) for p in entry.parts])
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         return decode_rows(self.read_data_bytes(name), sha256, self.shards_dir / name, shape, dtype)
@@ -615,9 +641,15 @@ def decode_rows(data: bytes, sha256: str, shown: os.PathLike | str, shape, dtype
     return parquet_to_rows(data, tuple(shape), dtype)
 
 
-def file_ids(workspace: Workspace, entry: DataFile) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and slices of a data file, read without the features."""
+def file_ids(workspace: Workspace, entry: DataFile | ShardData) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and slices of a data file (or of all a shard's files), read without the features."""
     import pyarrow.parquet as pq
+
+    if isinstance(entry, ShardData):
+        found = [file_ids(workspace, part) for part in entry.parts]
+        if len(found) == 1:
+            return found[0]
+        return np.concatenate([ids for ids, _ in found]), np.concatenate([s for _, s in found])
 
 
     path = workspace.shards_dir / entry.file

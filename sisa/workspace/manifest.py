@@ -22,7 +22,10 @@ import numpy as np
 from sisa.errors import SisaError
 from sisa.settings import Settings
 
-WORKSPACE_FORMAT = "sisa-workspace/1"
+WORKSPACE_FORMAT = "sisa-workspace/2"
+"""2: a shard's rows are one file per slice (:class:`ShardData`). Format 1 manifests (one file
+per shard) are read, and written back as format 2 by the next command that writes."""
+READABLE_WORKSPACE_FORMATS = ("sisa-workspace/1", WORKSPACE_FORMAT)
 CHECKPOINTS_FORMAT = "sisa-checkpoints/2"
 """2: a checkpoint may be two files, the model's weights apart from the rest of the training
 state (:attr:`CheckpointRecord.weights`). Format 1 manifests are read (their checkpoints are one
@@ -74,6 +77,49 @@ class DataFile:
         return cls(file=obj["file"], sha256=obj["sha256"], rows=int(obj["rows"]),
                    ids_sha256=obj.get("ids_sha256", ""), shard=obj.get("shard"),
                    slice_rows=None if slice_rows is None else tuple(int(n) for n in slice_rows))
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """One shard's rows on disk: ``parts``, Parquet files in slice order, each holding the rows
+    of the slices its ``slice_rows`` counts, in (slice, key) order. sisa writes one file per
+    slice, so that a deletion rewrites only the slice that held the row; a shard of a format 1
+    workspace is one file for all its slices until a command rewrites it."""
+
+    shard: int
+    parts: tuple[DataFile, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    @property
+    def slice_rows(self) -> tuple[int, ...]:
+        return tuple(n for p in self.parts for n in (p.slice_rows or ()))
+
+    def slice_ends(self) -> np.ndarray:
+        """Row count up to and including each slice (rows are stored in slice order)."""
+        return np.cumsum(self.slice_rows)
+
+    def first_slices(self) -> list[int]:
+        """The first slice each part holds."""
+        return [int(n) for n in np.cumsum([0] + [len(p.slice_rows or ()) for p in self.parts])[:-1]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard": self.shard, "rows": self.rows, "slice_rows": list(self.slice_rows),
+                "files": [p.to_json() for p in self.parts]}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "ShardData":
+        if "files" not in obj:  # format 1: the entry is the shard's one file
+            part = DataFile.from_json(obj)
+            return cls(shard=int(obj["shard"]), parts=(part,))
+        parts = tuple(DataFile.from_json(p) for p in obj["files"])
+        entry = cls(shard=int(obj["shard"]), parts=parts)
+        if any(p.shard != entry.shard or p.slice_rows is None or p.rows != sum(p.slice_rows) for p in parts) \
+                or list(entry.slice_rows) != list(obj.get("slice_rows", entry.slice_rows)):
+            raise ValueError(f"shard {entry.shard}'s files do not add up to its rows per slice")
+        return entry
 
 
 SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col", "image_size")
@@ -165,7 +211,7 @@ class WorkspaceManifest:
 
     settings: Settings
     data: DataInfo
-    shards: tuple[DataFile, ...]
+    shards: tuple[ShardData, ...]
     test: Optional[DataFile]
     created: str
     sisa_version: Optional[str] = None
@@ -190,7 +236,7 @@ class WorkspaceManifest:
         """The version that brought in each slice's rows."""
         return [self.base_version] * self.settings.slices + [b.version for b in self.batches for _ in b.epochs]
 
-    def shard(self, shard: int) -> DataFile:
+    def shard(self, shard: int) -> ShardData:
         """The entry of ``shard`` (entries are indexed by shard number)."""
         entry = self.shards[shard]
         if entry.shard != shard:
@@ -198,10 +244,10 @@ class WorkspaceManifest:
         return entry
 
     def files(self) -> list[DataFile]:
-        """Every data file: the shards', then the test file."""
-        return list(self.shards) + ([self.test] if self.test else [])
+        """Every data file: the shards' (each shard's in slice order), then the test file."""
+        return [p for e in self.shards for p in e.parts] + ([self.test] if self.test else [])
 
-    def with_shard(self, entry: DataFile) -> "WorkspaceManifest":
+    def with_shard(self, entry: ShardData) -> "WorkspaceManifest":
         shards = tuple(entry if e.shard == entry.shard else e for e in self.shards)
         return dataclasses.replace(self, shards=shards)
 
@@ -223,13 +269,15 @@ class WorkspaceManifest:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], where: str = "the shards manifest") -> "WorkspaceManifest":
-        check_format(obj.get("format"), WORKSPACE_FORMAT, where, obj.get("sisa_version"))
+        check_format(obj.get("format"), WORKSPACE_FORMAT, where, obj.get("sisa_version"),
+                     readable=READABLE_WORKSPACE_FORMATS)
         try:
+            # a format 1 manifest is written back as format 2 (its shard entries are valid in both)
             return cls(settings=Settings.from_dict(obj["settings"]), data=DataInfo.from_json(obj["data"]),
-                       shards=tuple(DataFile.from_json(e) for e in obj["shards"]),
+                       shards=tuple(ShardData.from_json(e) for e in obj["shards"]),
                        test=DataFile.from_json(obj["test"]) if obj.get("test") else None,
                        created=obj.get("created", ""), sisa_version=obj.get("sisa_version"),
-                       format=obj["format"], version=int(obj.get("version", 1)),
+                       version=int(obj.get("version", 1)),
                        base_version=int(obj.get("base_version", 1)),
                        batches=tuple(Batch.from_json(b) for b in obj.get("batches", ())),
                        model_source=obj.get("model_source"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sisa.workspace.files import Workspace
 
-_DATA_NAME = re.compile(r"(shard-[0-9]{3}|test)-[0-9a-f]{12}\.parquet")
+_DATA_NAME = re.compile(r"(shard-[0-9]{3}(-[0-9]{3,})?|test)-[0-9a-f]{12}\.parquet")
 
 
 _CHECKPOINT_NAME = re.compile(r"slice-[0-9]{2}-[0-9a-f]{16}(\.weights)?\.pt")

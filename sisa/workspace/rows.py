@@ -21,6 +21,18 @@ class ShardRows:
     label: np.ndarray
     X: np.ndarray
 
+    def take(self, rows: np.ndarray) -> "ShardRows":
+        """The rows at ``rows`` (indices or a boolean mask), in that order."""
+        return ShardRows(self.ids[rows], self.slice[rows], self.label[rows], self.X[rows])
+
+
+def concat_rows(parts: list[ShardRows]) -> ShardRows:
+    """One shard's rows from the rows of its files, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return ShardRows(*(np.concatenate([getattr(p, name) for p in parts])
+                       for name in ("ids", "slice", "label", "X")))
+
 
 def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.ndarray],
                     label: np.ndarray, X: np.ndarray) -> bytes:
@@ -30,7 +42,7 @@ def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.n
 
     flat = np.ascontiguousarray(X.reshape(len(X), int(np.prod(X.shape[1:]))))
     width = flat.shape[1]
-    columns = {"id": pa.array(ids.tolist() if ids.dtype == object else ids)}
+    columns = {"id": pa.array(ids.tolist(), type=pa.string()) if ids.dtype == object else pa.array(ids)}
     if shard is not None:
         columns["shard"] = pa.array(np.full(len(ids), shard, dtype=np.int32))
         columns["slice"] = pa.array(slice_.astype(np.int32))

@@ -69,7 +69,7 @@ def test_status_reports_every_checkpoint(tmp_path):
     assert sum(s["samples_per_shard"]) == s["n_train"]
     assert s["environment_differences"] == []
     human = run_cli("status", "--workdir", tmp_path)
-    assert "all 6 checkpoints and 3 shard files match" in human.out and "note:" not in human.out
+    assert "all 6 checkpoints and 6 shard files match" in human.out  # one file per shard and slice and "note:" not in human.out
     manifest_path = tmp_path / "checkpoints" / "manifest.json"
     edit_manifest(manifest_path, lambda m: m["environment"].update(torch="1.0.0"))
     moved = run_cli("status", "--workdir", tmp_path, "--json").json
@@ -157,17 +157,18 @@ def test_shuffled_parquet_rows_give_identical_checkpoints(tmp_path):
     assert len(a) == 6 and a == b
     files_a = sorted((tmp_path / "ws-a" / "shards").glob("shard-*.parquet"))
     files_b = sorted((tmp_path / "ws-b" / "shards").glob("shard-*.parquet"))
-    assert [f.name for f in files_a] == [f.name for f in files_b] and len(files_a) == 3
+    assert [f.name for f in files_a] == [f.name for f in files_b] and len(files_a) == 6
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(files_a, files_b))
 
 
 def test_shard_files_hold_id_shard_slice_label_features(tmp_path, table_file):
     data = table_file("d.csv", n=200, str_ids=True)
     run_cli("train", "--data", f"csv:{data}", "--workdir", tmp_path / "ws", *FAST)
-    [path] = (tmp_path / "ws" / "shards").glob("shard-001-*.parquet")
-    table = pq.read_table(path)
-    assert table.column_names == ["id", "shard", "slice", "label", "features"]
-    assert set(table.column("shard").to_pylist()) == {1}
+    for slice_ in range(2):
+        [path] = (tmp_path / "ws" / "shards").glob(f"shard-001-{slice_:03d}-*.parquet")
+        table = pq.read_table(path)
+        assert table.column_names == ["id", "shard", "slice", "label", "features"]
+        assert set(table.column("shard").to_pylist()) == {1} and set(table.column("slice").to_pylist()) == {slice_}
     assert all(i.startswith("user-") for i in table.column("id").to_pylist())
     assert len(table.column("features")[0]) == 6
 

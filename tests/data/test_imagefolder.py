@@ -179,7 +179,7 @@ def test_train_delete_audit_predict_through_the_cli(folder, tmp_path):
     assert result.code == 0, result.err
     assert len(result.json["ids"]) == 36 and set(result.json["labels"]) <= set(CLASSES)
     # repair reloads the folder at the recorded 6x7, not the first image's 8x8
-    shard_file = ws / "shards" / Workspace(ws).manifest().shards[0].file
+    shard_file = ws / "shards" / Workspace(ws).manifest().shards[0].parts[0].file
     shard_file.write_bytes(b"damaged")
     result = run_cli("repair", "--workdir", ws, "--data", f"imagefolder:{folder}")
     assert result.code == 0, result.err + result.out

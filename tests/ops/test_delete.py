@@ -134,9 +134,17 @@ def test_deleted_rows_are_purged_from_disk(base, tmp_path):
     ws = copy_of(base, tmp_path)
     layout = shard_layout(base)
     target = sorted(layout)[7]
+    before = {p.name: p.read_bytes() for p in ws.shards_dir.glob("shard-*.parquet")}
     delete(ws, [target])
     assert target not in shard_layout(ws.root)
-    assert len(list(ws.shards_dir.glob("shard-*.parquet"))) == SETTINGS.shards
+    after = {p.name: p.read_bytes() for p in ws.shards_dir.glob("shard-*.parquet")}
+    assert len(after) == SETTINGS.shards * SETTINGS.slices  # one file per slice
+    # only the file of the slice that held the row was rewritten; every other file is untouched
+    shard, slice_ = layout[target]
+    [gone] = set(before) - set(after)
+    [new] = set(after) - set(before)
+    assert gone.startswith(f"shard-{shard:03d}-{slice_:03d}-") and new.startswith(f"shard-{shard:03d}-{slice_:03d}-")
+    assert all(after[name] == data for name, data in before.items() if name != gone)
     live = {name for (_, _, state, weights) in records(ws.root).values() for name in (state, weights)}
     on_disk = {str(p.relative_to(ws.checkpoints_dir)) for p in ws.checkpoints_dir.rglob("*.pt")}
     assert on_disk == live
@@ -274,17 +282,17 @@ def test_audit_fails_when_a_deleted_row_is_put_back(base, tmp_path, fix_manifest
     original = {p.name: p.read_bytes() for p in ws.shards_dir.glob("shard-*.parquet")}
     layout = shard_layout(base)
     target = sorted(layout)[11]
-    shard = layout[target][0]
+    shard, slice_ = layout[target]
     delete(ws, [target])
     manifest = json.loads(ws.manifest_path.read_text())
-    entry = manifest["shards"][shard]
-    old_name = next(n for n in original if n.startswith(f"shard-{shard:03d}-"))
+    entry = manifest["shards"][shard]["files"][slice_]
+    old_name = next(n for n in original if n.startswith(f"shard-{shard:03d}-{slice_:03d}-"))
     (ws.shards_dir / entry["file"]).write_bytes(original[old_name])  # the deleted row is back
     if fix_manifest:  # a careful tamperer also updates the recorded sha256 and the checksum
         import hashlib
 
         sha = hashlib.sha256(original[old_name]).hexdigest()
-        edit_manifest(ws.manifest_path, lambda m: m["shards"][shard].update(sha256=sha))
+        edit_manifest(ws.manifest_path, lambda m: m["shards"][shard]["files"][slice_].update(sha256=sha))
     result = run_cli("audit", "--workdir", ws.root, "--replay", "--json")
     assert result.code == 1
     assert any("holds deleted ids" in p or "does not match its sha256" in p for p in result.json["problems"])

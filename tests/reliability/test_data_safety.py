@@ -137,7 +137,7 @@ def test_an_id_in_training_and_test_rows_is_purged_from_both(small_trained, tmp_
 
 def test_repair_refuses_a_source_with_other_rows(small_trained, tmp_path, small_source):
     ws = copy_workspace(small_trained, tmp_path)
-    [shard_file] = [ws / "shards" / e.file for e in Workspace(ws).manifest().shards[:1]]
+    [shard_file] = [ws / "shards" / e.parts[1].file for e in Workspace(ws).manifest().shards[:1]]
     shard_file.write_bytes(b"damaged")
     grown = pa.concat_tables([pq.read_table(small_source), make_table(n=40, features=5, seed=3).set_column(
         0, "id", pa.array(list(range(5000, 5040))))])

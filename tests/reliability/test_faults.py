@@ -38,7 +38,7 @@ def test_a_failed_write_during_delete_is_reported_and_a_retry_finishes_it(ws, mo
 def test_a_failed_write_during_train_leaves_the_folder_as_it_was(tmp_path, source, monkeypatch):
     (tmp_path / "ws").mkdir()
     before = tree(tmp_path / "ws")
-    monkeypatch.setattr(Workspace, "write_shard_file",
+    monkeypatch.setattr(Workspace, "write_shard_slices",
                         lambda self, *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     failed = run_cli("train", "--data", f"parquet:{source}", "--workdir", tmp_path / "ws", "--epochs", "1")
     assert failed.code == 1 and "No space left" in failed.err

@@ -17,7 +17,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to anot
 
 def shard0_file(ws: Path) -> str:
     manifest = json.loads((ws / "shards" / "manifest.json").read_text())
-    return next(e for e in manifest["shards"] if e["shard"] == 0)["file"]
+    return next(e for e in manifest["shards"] if e["shard"] == 0)["files"][0]["file"]
 
 
 def shard0_ids(ws: Path) -> str:

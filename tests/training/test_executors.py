@@ -135,7 +135,7 @@ def test_auto_keeps_small_or_single_shard_work_in_process(digits, tmp_path):
 
     def jobs(n, rows, model="mlp", shape=(1, 8, 8)):
         settings = SETTINGS.replace(model=model, epochs=5)
-        return [ShardJob(str(tmp_path), s, settings, DataSpec(shape, "uint8", 1.0, 10), "f", "x",
+        return [ShardJob(str(tmp_path), s, settings, DataSpec(shape, "uint8", 1.0, 10), (("f", "x"),),
                          slice_rows=(rows, rows)) for s in range(n)]
 
     auto = AutoExecutor()

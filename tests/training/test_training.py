@@ -52,10 +52,11 @@ def test_resuming_from_any_slice_checkpoint_is_bit_identical(tmp_path, digits):
         shutil.copytree(ws_path, copy)
         for r in records:  # later checkpoints are gone, as after a rollback
             if r.shard == 1 and r.slice >= from_slice:
-                (copy / "checkpoints" / r.file).unlink()
+                for name, _, _ in r.files():
+                    (copy / "checkpoints" / name).unlink()
         start = next((r for r in records if r.shard == 1 and r.slice == from_slice - 1), None)
-        result = run_shard_job(ShardJob(str(copy), 1, SMALL, spec, shard.file, shard.sha256,
-                                        from_slice=from_slice, start=start))
+        files = tuple((p.file, p.sha256) for p in shard.parts)
+        result = run_shard_job(ShardJob(str(copy), 1, SMALL, spec, files, from_slice=from_slice, start=start))
         assert [r.slice for r in result.checkpoints] == list(range(from_slice, SMALL.slices))
         for r in result.checkpoints:
             assert r.sha256 == before[(1, r.slice)]

@@ -12,6 +12,7 @@ from helpers import (
 
 from sisa import __version__
 from sisa.errors import SisaError
+from sisa.ids import ids_digest
 from sisa.workspace.files import (
     Workspace,
     file_ids,
@@ -25,6 +26,7 @@ from sisa.workspace.manifest import (
     DataInfo,
     WorkspaceManifest,
 )
+from sisa.workspace.rows import rows_to_parquet
 
 
 def _stored(path) -> dict:
@@ -54,9 +56,9 @@ def test_every_workspace_records_the_format_and_the_sisa_version(small_trained):
 
 def test_a_workspace_of_another_format_is_refused_naming_it_and_its_writer(small_trained, tmp_path):
     ws = copy_workspace(small_trained, tmp_path)
-    edit_manifest(ws / "shards" / "manifest.json", lambda m: m.update(format="sisa-workspace/2", sisa_version="9.0"))
-    with pytest.raises(SisaError, match=r"format sisa-workspace/2 \(written by sisa 9.0\); this sisa reads "
-                                        r"sisa-workspace/1"):
+    edit_manifest(ws / "shards" / "manifest.json", lambda m: m.update(format="sisa-workspace/3", sisa_version="9.0"))
+    with pytest.raises(SisaError, match=r"format sisa-workspace/3 \(written by sisa 9.0\); this sisa reads "
+                                        r"sisa-workspace/2 and sisa-workspace/1"):
         Workspace(ws).manifest()
     edit_manifest(ws / "checkpoints" / "manifest.json", lambda m: m.update(format="something-else"))
     with pytest.raises(SisaError, match="is not a sisa-checkpoints/2 manifest"):
@@ -83,6 +85,17 @@ def _as_format_1(ws) -> None:
         m.update(format="sisa-checkpoints/1", checkpoints=records)
 
     edit_manifest(ws / "checkpoints" / "manifest.json", downgrade)
+    manifest = workspace.manifest()
+    shards = []
+    for entry in manifest.shards:  # and one data file per shard
+        rows = workspace.read_shard(entry, manifest.data.shape, manifest.data.dtype)
+        name, sha = workspace.write_versioned(f"shard-{entry.shard:03d}", rows_to_parquet(rows.ids, entry.shard, rows.slice,
+                                                                            rows.label, rows.X))
+        for part in entry.parts:
+            (ws / "shards" / part.file).unlink()
+        shards.append({"file": name, "sha256": sha, "rows": entry.rows, "ids_sha256": ids_digest(rows.ids),
+                       "shard": entry.shard, "slice_rows": list(entry.slice_rows)})
+    edit_manifest(ws / "shards" / "manifest.json", lambda m: m.update(format="sisa-workspace/1", shards=shards))
 
 
 def test_a_format_1_workspace_is_read_and_written_back_as_format_2(small_trained, tmp_path):
@@ -100,6 +113,11 @@ def test_a_format_1_workspace_is_read_and_written_back_as_format_2(small_trained
         assert run_cli("delete", "--workdir", path, "--ids", ",".join(map(str, forget))).code == 0
     migrated = _stored(Workspace(ws).checkpoints_manifest_path)
     assert migrated["format"] == CHECKPOINTS_FORMAT
+    # the shard that held the id is now one file per slice; the others are still one file
+    data = Workspace(ws).manifest()
+    assert data.format == WORKSPACE_FORMAT and [len(e.parts) for e in data.shards] == [2, 1, 1]
+    assert sorted(p.name for p in (ws / "shards").glob("shard-*.parquet")) == sorted(e.file for e in data.files()
+                                                                                      if e.shard is not None)
     fresh = {(r["shard"], r["slice"]): r["sha256"] for r in migrated["checkpoints"] if "weights" in r}
     assert fresh and all(checkpoint_shas(reference)[key] == sha for key, sha in fresh.items())
     assert len(fresh) < len(migrated["checkpoints"])  # untouched checkpoints stay one file each
@@ -111,7 +129,7 @@ def test_a_format_1_workspace_is_read_and_written_back_as_format_2(small_trained
 
 def test_a_malformed_manifest_is_named_not_a_traceback(small_trained, tmp_path):
     ws = copy_workspace(small_trained, tmp_path)
-    edit_manifest(ws / "shards" / "manifest.json", lambda m: m["shards"][0].pop("sha256"))
+    edit_manifest(ws / "shards" / "manifest.json", lambda m: m["shards"][0]["files"][0].pop("sha256"))
     with pytest.raises(SisaError, match="malformed .*sha256"):
         Workspace(ws).manifest()
 
