@@ -193,10 +193,10 @@ def _purge(workspace: Workspace, shard: int, deleted: dict[str, Deleted]) -> Non
 
 def _purge_test(workspace: Workspace, manifest: WorkspaceManifest, deleted: dict[str, Deleted]) -> None:
     entry = manifest.test
+    if not id_mask(file_ids(workspace, entry)[0], deleted).any():  # the ids alone, not the features
+        return
     rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
     keep = ~id_mask(rows.ids, deleted)
-    if keep.all():
-        return
     payload = rows_to_parquet(rows.ids[keep], None, None, rows.label[keep], rows.X[keep])
     name, sha = workspace.write_versioned("test", payload)
     new = dataclasses.replace(entry, file=name, sha256=sha, rows=int(keep.sum()),

@@ -173,3 +173,20 @@ def test_workspace_reads_never_follow_a_link(tmp_path):
     with pytest.raises(SisaError, match="symbolic link"):
         ws.load_checkpoint(record)
     assert not ws.verify_checkpoint(record)
+
+
+def test_ids_read_again_after_the_file_changed_in_the_same_process(small_trained, tmp_path):
+    from helpers import copy_workspace
+
+    from sisa.workspace.files import file_ids
+
+    ws = Workspace(copy_workspace(small_trained, tmp_path))
+    part = ws.manifest().shards[0].parts[0]
+    ids, _ = file_ids(ws, part)
+    assert len(ids) == part.rows and file_ids(ws, part)[0] is ids  # checked once, then remembered
+    path = ws.shards_dir / part.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))  # another size or mtime: read and checked again
+    with pytest.raises(SisaError, match="does not match its recorded sha256"):
+        file_ids(ws, part)
