@@ -53,19 +53,6 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def to_cpu(obj):
-    """Tensors moved to the CPU, inside dicts, lists and tuples."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
 def trained_state(model_name: str, optimizer: str):
     """sisa's (settings, model, optimizer, scheduler) for ``model_name``, after one optimizer step."""
     import torch
@@ -93,6 +80,7 @@ def trained_state(model_name: str, optimizer: str):
 
 def measure_model(model_name: str, optimizer: str) -> dict:
     """Parameter count and the bytes of the weights file, the training-state file and the one-file checkpoint."""
+    from sisa.training.slices import to_cpu
     from sisa.workspace.files import checkpoint_bytes
 
     settings, model, opt, scheduler = trained_state(model_name, optimizer)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sisa.errors import SisaError
+
 FAST = ("--epochs", "2", "--shards", "3", "--slices", "2")
 """Command-line flags for a quick ``sisa train``."""
 
@@ -169,3 +171,13 @@ def deleted_ids(ws) -> set:
         return {key for (key,) in db.execute("SELECT id FROM deleted")}
     finally:
         db.close()
+
+
+def reference_id_bytes(value):
+    """An id's canonical bytes as the per-id loop gave them (the reference the vectorised
+    hashes are tested against: workspaces on disk record them)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return b"i:%d" % int(value)
+    if isinstance(value, str):
+        return b"s:" + value.encode("utf-8")
+    raise SisaError(f"ids must be integers or strings, got {value!r} ({type(value).__name__})")

@@ -4,10 +4,10 @@ import hashlib
 
 import numpy as np
 import pytest
+from helpers import reference_id_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sisa.errors import SisaError
 from sisa.ids import id_bytes_array, id_mask, ids_digest, key_text
 
 
@@ -19,13 +19,6 @@ def test_ids_digest_is_a_set_hash():
 
 # The vectorised digest must give the bytes the per-id loop gave: workspaces on disk record them.
 
-
-def reference_id_bytes(value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return b"i:%d" % int(value)
-    if isinstance(value, str):
-        return b"s:" + value.encode("utf-8")
-    raise SisaError(f"ids must be integers or strings, got {value!r} ({type(value).__name__})")
 
 
 def reference_digest(ids):

@@ -68,15 +68,16 @@ def make_training_state(settings: Settings, data: DataSpec, shard: int):
     return model, optimizer, scheduler
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
+    """Tensors moved to the CPU, inside dicts, lists and tuples."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v) for v in obj)
     return obj
 
 
@@ -134,8 +135,8 @@ def save_slice(files: JobFiles, shard: int, slice_: int, ids: np.ndarray, traini
     counters = {"epochs": counters["epochs"] + epochs, "steps": counters["steps"] + steps,
                 "sample_passes": counters["sample_passes"] + n * epochs}
     state = {
-        "model": _to_cpu(model.state_dict()),
-        "optimizer": _to_cpu(optimizer.state_dict()),
+        "model": to_cpu(model.state_dict()),
+        "optimizer": to_cpu(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "counters": dict(counters, shard=shard, slice=slice_, samples=n),
     }

@@ -2,6 +2,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from helpers import reference_id_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,13 +66,6 @@ def test_size_checks():
 
 # The hashes of ids decide where rows live and which are held out in workspaces on disk: the
 # vectorised ones must be the per-id loops they replace, bit for bit, errors included.
-
-def reference_id_bytes(value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return b"i:%d" % int(value)
-    if isinstance(value, str):
-        return b"s:" + value.encode("utf-8")
-    raise SisaError(f"ids must be integers or strings, got {value!r} ({type(value).__name__})")
 
 
 def reference_partition_keys(ids, seed):
