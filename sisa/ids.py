@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Collection, Iterable, Optional
+from typing import Any, Collection, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -102,11 +102,36 @@ def ids_digest(ids: Iterable) -> str:
             digest.update(len(b).to_bytes(8, "little"))
             digest.update(b)
         return digest.hexdigest()
-    canonical = np.sort(canonical)  # no id's bytes end in NUL: numpy's order is Python's
+    return _sorted_digest(np.sort(canonical))  # no id's bytes end in NUL: numpy's order is Python's
+
+
+def _sorted_digest(canonical: np.ndarray) -> str:
+    digest = hashlib.sha256()
     rows = max(1, min(_CHUNK_ROWS, _PAD_LIMIT // (8 + canonical.dtype.itemsize)))
     for start in range(0, len(canonical), rows):
         digest.update(_length_prefixed(canonical[start:start + rows]))
     return digest.hexdigest()
+
+
+def prefix_digests(ids: np.ndarray, ends: Iterable[int]) -> Iterator[str]:
+    """``ids_digest(ids[:end])`` for each of ``ends`` (ascending), lazily; each id's bytes are
+    made and sorted once, each prefix's sorted bytes merged from the one before (the id sets a
+    shard's checkpoints were trained on: slices 0..r).
+
+    >>> list(prefix_digests(np.array([5, 3, 9]), [1, 3])) == [ids_digest([5]), ids_digest([5, 3, 9])]
+    True
+    """
+    canonical = id_bytes_array(ids)
+    if canonical is None:
+        for end in ends:
+            yield ids_digest(ids[:end])
+        return
+    merged, done = canonical[:0], 0
+    for end in ends:
+        if end > done:  # two sorted runs: the stable sort (timsort) merges them in linear time
+            merged = np.sort(np.concatenate([merged, np.sort(canonical[done:end])]), kind="stable")
+            done = end
+        yield _sorted_digest(merged)
 
 
 def blake2b_keys(canonical: np.ndarray, **params: bytes) -> np.ndarray:

@@ -8,7 +8,7 @@ from helpers import reference_id_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sisa.ids import id_bytes_array, id_mask, ids_digest, key_text
+from sisa.ids import id_bytes_array, id_mask, ids_digest, key_text, prefix_digests
 
 
 def test_ids_digest_is_a_set_hash():
@@ -149,3 +149,13 @@ def test_id_mask_over_text_matches_key_text(ids, keys):
     keys |= {key_text(v) for v in ids[::2]} | {"i:3"}
     expected = [key_text(v) in keys for v in ids]
     assert id_mask(np.array(ids, dtype=object), keys).tolist() == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.one_of(st.lists(st.integers(-2**63, 2**63 - 1), max_size=40, unique=True),
+                     st.lists(st.text(max_size=5), max_size=40, unique=True)),
+       cuts=st.lists(st.integers(0, 40), max_size=6))
+def test_prefix_digests_are_the_digests_of_the_prefixes(ids, cuts):
+    array = np.array(ids, dtype=object if ids and isinstance(ids[0], str) else np.int64)
+    ends = sorted(min(c, len(ids)) for c in cuts)
+    assert list(prefix_digests(array, ends)) == [ids_digest(array[:end]) for end in ends]

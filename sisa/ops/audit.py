@@ -31,7 +31,7 @@ from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import (
     CheckpointRecord,
     CheckpointsManifest,
-    DataFile,
+    ShardData,
     WorkspaceManifest,
 )
 from sisa.workspace.orphans import orphan_files
@@ -197,7 +197,7 @@ def _audit(workspace: Workspace, ids: Optional[Sequence], *, replay: bool) -> di
     return check.report()
 
 
-def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile,
+def _replay_shard(workspace: Workspace, manifest: WorkspaceManifest, entry: ShardData,
                   checkpoints: CheckpointsManifest) -> Optional[str]:
     shard = entry.shard
     own = checkpoints.of_shard(shard)

@@ -20,7 +20,7 @@ import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.ids import id_mask, ids_digest, key_text
+from sisa.ids import id_mask, ids_digest, key_text, prefix_digests
 from sisa.models import check_source, model_source
 from sisa.training.executors import Executor, accept_result, make_executor
 from sisa.training.jobs import Progress, ShardJob
@@ -217,11 +217,10 @@ def _valid_prefix(workspace: Workspace, ids: np.ndarray, slices_of: np.ndarray, 
     """Number of leading slices whose checkpoint exists and was trained on exactly the rows
     ``ids`` (in slice order; ``slices_of`` their slices) of its shard."""
     by_slice = {r.slice: r for r in records}
-    for slice_ in range(slices):
-        n = int(np.searchsorted(slices_of, slice_, side="right"))
+    ends = np.searchsorted(slices_of, np.arange(slices), side="right")
+    for slice_, digest in zip(range(slices), prefix_digests(ids, ends.tolist())):
         record = by_slice.get(slice_)
-        if record is None or record.ids_sha256 != ids_digest(ids[:n]) \
-                or not workspace.verify_checkpoint(record):
+        if record is None or record.ids_sha256 != digest or not workspace.verify_checkpoint(record):
             return slice_
     return slices
 

@@ -27,7 +27,7 @@ from sisa.training.jobs import Progress, slice_epochs_of
 from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import Ledger, read_ledger
 from sisa.workspace.lock import workspace_lock
-from sisa.workspace.manifest import DataFile, WorkspaceManifest
+from sisa.workspace.manifest import DataFile, ShardData, WorkspaceManifest
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _plan_deletion(workspace: Workspace, ids: Sequence, *, ignore_missing: bool)
     return plan
 
 
-def _plan_shard(plan: Plan, workspace: Workspace, entry: DataFile, candidates: list, slices: int) -> None:
+def _plan_shard(plan: Plan, workspace: Workspace, entry: ShardData, candidates: list, slices: int) -> None:
     """Find ``candidates`` in the shard's rows; the shard's earliest affected slice."""
     shard = entry.shard
     shard_ids, shard_slices = file_ids(workspace, entry)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from sisa.errors import SisaError
-from sisa.ids import id_order, ids_digest, key_text
+from sisa.ids import id_order, ids_digest, key_text, prefix_digests
 from sisa.ops.commit import TEST_SHARD, complete_pending, retrain_shards
 from sisa.training.executors import Executor
 from sisa.training.jobs import Progress
@@ -29,6 +29,7 @@ from sisa.workspace.manifest import (
     CheckpointRecord,
     CheckpointsManifest,
     DataFile,
+    ShardData,
     WorkspaceManifest,
 )
 from sisa.workspace.orphans import orphan_files
@@ -205,14 +206,13 @@ def _rebuild_checkpoints_manifest(workspace: Workspace, actions: list[str], reas
                    f"numerics recorded as this machine's")
 
 
-def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry: DataFile) -> list[CheckpointRecord]:
+def _whole_checkpoints(workspace: Workspace, manifest: WorkspaceManifest, entry: ShardData) -> list[CheckpointRecord]:
     """The shard's leading checkpoints found on disk under the names their id sets give them,
     each holding the shard, slice and sample count it should."""
     ids, slices_of = file_ids(workspace, entry)
     records = []
-    for slice_ in range(manifest.n_slices):
-        n = int(np.searchsorted(slices_of, slice_, side="right"))
-        digest = ids_digest(ids[:n])
+    ends = np.searchsorted(slices_of, np.arange(manifest.n_slices), side="right").tolist()
+    for slice_, n, digest in zip(range(manifest.n_slices), ends, prefix_digests(ids, ends)):
         name = workspace.checkpoint_name(entry.shard, slice_, digest)
         path = workspace.checkpoints_dir / name
         if not path.exists():
