@@ -22,6 +22,7 @@ from sisa.training.numerics import environment_differences
 from sisa.workspace.carried import CarriedFiles
 from sisa.workspace.files import (
     Workspace,
+    check_slices,
     legacy_checkpoint_bytes,
     sha256_bytes,
     sha256_file,
@@ -116,8 +117,17 @@ class _Audit:
             present = [v for v in rows.ids.tolist() if key_text(v) in self.targets or str(v) in self.target_texts]
             if present:
                 self.problems.append(f"{kind} {entry.file} holds deleted ids: {present[:10]}")
-        # a shard's rows, where all its files are whole
-        self.rows_by_shard = {s: concat_rows(parts) for s, parts in by_shard.items() if None not in parts}
+        # a shard's rows, where all its files are whole and hold the slices the manifest says
+        for shard, parts in by_shard.items():
+            if None in parts:
+                continue
+            rows = concat_rows(parts)
+            try:
+                check_slices(shard, "files", rows.slice, 0, self.manifest.shard(shard).slice_rows)
+            except SisaError as exc:
+                self.problems.append(str(exc))
+                continue
+            self.rows_by_shard[shard] = rows
 
     def checkpoint(self, record: CheckpointRecord) -> None:
         """Whole, a torch file of tensors only, the slice its record says, trained on its rows."""

@@ -89,11 +89,16 @@ class ShardJob:
                    import_root=import_root(manifest.settings.model), **options)
 
     def read_rows(self, files: "JobFiles") -> Any:
-        """The shard's rows (:class:`~sisa.workspace.rows.ShardRows`), from all its files."""
+        """The shard's rows (:class:`~sisa.workspace.rows.ShardRows`), from all its files, which
+        must hold the rows of its slices in slice order (``slice_rows`` of each, when given)."""
+        from sisa.workspace.files import check_slices
         from sisa.workspace.rows import concat_rows
 
-        return concat_rows([files.read_data_file(name, sha256, self.data.shape, self.data.dtype)
+        rows = concat_rows([files.read_data_file(name, sha256, self.data.shape, self.data.dtype)
                             for name, sha256 in self.shard_files])
+        if self.slice_rows:
+            check_slices(self.shard, ", ".join(name for name, _ in self.shard_files), rows.slice, 0, self.slice_rows)
+        return rows
 
     def schedule(self) -> tuple[int, ...]:
         return self.epochs or tuple(self.settings.slice_epochs())

@@ -504,12 +504,17 @@ class Workspace:
             parts.append(DataFile(file=name, sha256=sha, rows=int(hi - lo), ids_sha256=ids_digest(part.ids),
                                   shard=shard, slice_rows=(int(hi - lo),)))
         if sum(p.rows for p in parts) != len(rows.ids):
-            raise ValueError(f"rows outside slices {slices.start}..{slices.stop - 1} given for shard {shard}")
+            raise SisaError(f"shard {shard}: rows outside slices {slices.start}..{slices.stop - 1} were to be "
+                            f"written as those slices' files; nothing was written to the manifest")
         return tuple(parts)
 
     def read_shard(self, entry: ShardData, shape, dtype: str) -> ShardRows:
-        """A shard's rows, from all its files, each checked against its sha256."""
-        return concat_rows([self.read_data_file(p.file, p.sha256, shape, dtype) for p in entry.parts])
+        """A shard's rows, from all its files, each checked against its sha256 and against the
+        slices the manifest gives it."""
+        parts = [self.read_data_file(p.file, p.sha256, shape, dtype) for p in entry.parts]
+        for part, first, rows in zip(entry.parts, entry.first_slices(), parts):
+            check_slices(entry.shard, part.file, rows.slice, first, part.slice_rows or ())
+        return concat_rows(parts)
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         return decode_rows(self.read_data_bytes(name), sha256, self.shards_dir / name, shape, dtype)
@@ -647,6 +652,8 @@ def file_ids(workspace: Workspace, entry: DataFile | ShardData) -> tuple[np.ndar
 
     if isinstance(entry, ShardData):
         found = [file_ids(workspace, part) for part in entry.parts]
+        for part, first, (_, slices) in zip(entry.parts, entry.first_slices(), found):
+            check_slices(entry.shard, part.file, slices, first, part.slice_rows or ())
         if len(found) == 1:
             return found[0]
         return np.concatenate([ids for ids, _ in found]), np.concatenate([s for _, s in found])
@@ -674,6 +681,18 @@ def file_ids(workspace: Workspace, entry: DataFile | ShardData) -> tuple[np.ndar
         _IDS_READ.clear()
     _IDS_READ[(str(path), entry.sha256)] = (stamp, ids, slices)
     return ids, slices
+
+
+def check_slices(shard: int, name: str, slices: np.ndarray, first: int, counts) -> None:
+    """Refuse a shard's data file whose rows are not those of the slices the manifest gives it
+    (``counts`` rows of each slice from ``first`` on, in slice order): files reordered or
+    swapped in the manifest would otherwise be trained as other slices."""
+    expected = np.repeat(np.arange(first, first + len(counts)), counts)
+    if len(slices) != len(expected) or not np.array_equal(slices, expected):
+        raise SisaError(f"shard {shard}'s data file {name} does not hold the rows of slice(s) "
+                        f"{first}..{first + len(counts) - 1} that the shards manifest gives it: the manifest "
+                        f"or the file was changed outside sisa. Restore them from a backup, or retrain with "
+                        f"'sisa train --force'")
 
 
 _IDS_READ: dict[tuple[str, str], tuple] = {}

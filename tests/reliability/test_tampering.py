@@ -151,3 +151,24 @@ def test_a_pickle_planted_as_a_checkpoint_never_runs(ws, probe, tmp_path, part):
     expected = "does not name the weights its record names" if part == "weights" else "refusing to load checkpoint"
     assert audit.code == 1 and any(expected in p for p in audit.json["problems"]), audit.json["problems"]
     assert not marker.exists()
+
+
+def test_slice_files_reordered_in_a_resealed_manifest_are_refused(ws, probe):
+    def swap(m):  # and the counts too, as a careful tamperer would
+        files = m["shards"][0]["files"]
+        files[1], files[2] = files[2], files[1]
+        m["shards"][0]["slice_rows"] = [n for f in files for n in f["slice_rows"]]
+
+    import pyarrow.parquet as pq
+
+    first = json.loads((ws / "shards" / "manifest.json").read_text())["shards"][0]["files"][0]["file"]
+    in_shard_0 = pq.read_table(ws / "shards" / first, columns=["id"]).column("id")[0].as_py()
+    edit_manifest(ws / "shards" / "manifest.json", swap)  # edit_manifest re-seals the checksum
+    deleted = run_cli("delete", "--workdir", ws, "--ids", str(in_shard_0))
+    assert deleted.code == 1 and "does not hold the rows of slice(s)" in deleted.err
+    assert "Traceback" not in deleted.err
+    assert run_cli("status", "--workdir", ws, "--json").json["deletions"]["pending"] == 0  # nothing recorded
+    audit = run_cli("audit", "--workdir", ws, "--json")
+    assert audit.code == 1 and any("does not hold the rows of slice(s)" in p for p in audit.json["problems"])
+    repaired = run_cli("repair", "--workdir", ws)
+    assert repaired.code == 1 and "does not hold the rows of slice(s)" in repaired.err  # never a wrong model
