@@ -97,13 +97,11 @@ def stratified_ids(workdir: Path, seed: int, shard: int = 0) -> list:
     """One random id from each slice of ``shard``: deleting each in turn, from the same
     trained state, and averaging, measures the *expected* cost of one uniform deletion (the
     quantity theory predicts), which a median of a few random ids only estimates roughly."""
-    import pyarrow.parquet as pq
+    from sisa.workspace.files import Workspace, file_ids
 
-    from sisa.workspace.files import Workspace
-
-    entry = Workspace(workdir).manifest().shard(shard)
-    table = pq.read_table(workdir / "shards" / entry.file, columns=["id", "slice"])
-    ids, slices = table.column("id").to_pylist(), np.asarray(table.column("slice"))
+    workspace = Workspace(workdir)
+    ids, slices = file_ids(workspace, workspace.manifest().shard(shard))  # checked against the manifest
+    ids = ids.tolist()
     rng = np.random.default_rng(seed)
     return [ids[rng.choice(np.flatnonzero(slices == r))] for r in range(int(slices.max()) + 1)]
 
