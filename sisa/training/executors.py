@@ -262,6 +262,8 @@ def accept_result(workspace: Workspace, result: ShardResult) -> None:
             workspace.write_checkpoint(name, data)
     for record in result.checkpoints:
         for name, sha256, size in record.files():
+            if name in result.files:
+                continue  # checked above, as the bytes written
             path = workspace.checkpoints_dir / name
             found = path.stat().st_size if path.is_file() else None
             if found is None or found != (size if size is not None else found) or sha256_file(path) != sha256:

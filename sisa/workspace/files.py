@@ -51,7 +51,6 @@ from sisa.workspace.manifest import (
 from sisa.workspace.rows import (
     ARROW_THREADS,
     ShardRows,
-    concat_rows,
     parquet_to_rows,
     rows_to_parquet,
 )
@@ -507,14 +506,6 @@ class Workspace:
             raise SisaError(f"shard {shard}: rows outside slices {slices.start}..{slices.stop - 1} were to be "
                             f"written as those slices' files; nothing was written to the manifest")
         return tuple(parts)
-
-    def read_shard(self, entry: ShardData, shape, dtype: str) -> ShardRows:
-        """A shard's rows, from all its files, each checked against its sha256 and against the
-        slices the manifest gives it."""
-        parts = [self.read_data_file(p.file, p.sha256, shape, dtype) for p in entry.parts]
-        for part, first, rows in zip(entry.parts, entry.first_slices(), parts):
-            check_slices(entry.shard, part.file, rows.slice, first, part.slice_rows or ())
-        return concat_rows(parts)
 
     def read_data_file(self, name: str, sha256: str, shape, dtype: str) -> ShardRows:
         return decode_rows(self.read_data_bytes(name), sha256, self.shards_dir / name, shape, dtype)

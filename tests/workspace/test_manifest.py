@@ -13,6 +13,7 @@ from helpers import (
 from sisa import __version__
 from sisa.errors import SisaError
 from sisa.ids import ids_digest
+from sisa.training.jobs import ShardJob
 from sisa.workspace.files import (
     Workspace,
     file_ids,
@@ -88,7 +89,7 @@ def _as_format_1(ws) -> None:
     manifest = workspace.manifest()
     shards = []
     for entry in manifest.shards:  # and one data file per shard
-        rows = workspace.read_shard(entry, manifest.data.shape, manifest.data.dtype)
+        rows = ShardJob.for_shard(str(ws), manifest, entry).read_rows(workspace)
         name, sha = workspace.write_versioned(f"shard-{entry.shard:03d}", rows_to_parquet(rows.ids, entry.shard, rows.slice,
                                                                             rows.label, rows.X))
         for part in entry.parts:
