@@ -12,9 +12,12 @@ from sisa.models import check_source
 from sisa.training.jobs import DataSpec
 from sisa.training.numerics import deterministic_torch
 from sisa.training.slices import predict_probas
-from sisa.workspace.files import Workspace
+from sisa.workspace.files import Workspace, sha256_bytes
 from sisa.workspace.manifest import CheckpointRecord, by_position
-from sisa.workspace.rows import ShardRows
+from sisa.workspace.rows import ShardRows, parquet_batches, parquet_to_rows
+
+EVAL_BATCH_ROWS = 65536
+"""Test rows :meth:`Ensemble.evaluate` scores at a time."""
 
 
 class Ensemble:
@@ -67,9 +70,10 @@ class Ensemble:
         X = self._check_rows(X)
         check_source(self.settings.model, self.manifest.model_source)
         with deterministic_torch(self.settings):
-            return np.stack([predict_probas(self.workspace.load_weights(record), X,
-                                            settings=self.settings, data=self.data)
-                             for record in self.final_records()])
+            return self._probas(X, [self.workspace.load_weights(record) for record in self.final_records()])
+
+    def _probas(self, X: np.ndarray, weights: list[dict[str, Any]]) -> np.ndarray:
+        return np.stack([predict_probas(w, X, settings=self.settings, data=self.data) for w in weights])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         sizes = [self.shard_sizes()[r.shard] for r in self.final_records()]
@@ -88,24 +92,44 @@ class Ensemble:
         return np.array(X, copy=True, order="C")  # torch wants writable memory
 
     def test_rows(self) -> ShardRows:
+        """The test rows, all at once (:meth:`evaluate` reads them a batch at a time)."""
+        return parquet_to_rows(self._test_bytes(), self.data.shape, self.data.dtype)
+
+    def _test_bytes(self) -> bytes:
+        """The test file's bytes, checked against its sha256 (decoded by the caller)."""
         test = self.manifest.test
         if not test:
             raise SisaError("this workspace holds no test data; train with --test-data or evaluate "
                             "with predict")
-        return self.workspace.read_data_file(test.file, test.sha256, self.data.shape, self.data.dtype)
+        data = self.workspace.read_data_bytes(test.file)
+        if sha256_bytes(data) != test.sha256:
+            raise SisaError(f"test file {self.workspace.shards_dir / test.file} does not match its recorded "
+                            f"sha256 (damaged or changed); `sisa repair --data SPEC` rewrites it")
+        return data
 
-    def evaluate(self, probas: Optional[np.ndarray] = None) -> dict[str, Any]:
-        """Test accuracy of the ensemble and of each shard model (``probas``: the shard
-        models' test probabilities when already computed, in final_records order)."""
-        rows = self.test_rows()
-        probas = self.shard_probas(rows.X) if probas is None else probas
-        sizes = [self.shard_sizes()[r.shard] for r in self.final_records()]
-        ensemble = aggregate(self.settings.aggregation, probas, sizes)
+    def evaluate(self, *, batch_rows: int = EVAL_BATCH_ROWS) -> dict[str, Any]:
+        """Test accuracy of the ensemble and of each shard model. The test rows are read
+        ``batch_rows`` at a time, so memory holds a batch's class probabilities of every shard,
+        never the test set's times the shards."""
+        records = self.final_records()
+        check_source(self.settings.model, self.manifest.model_source)
+        sizes = [self.shard_sizes()[r.shard] for r in records]
+        n, right, shard_right = 0, 0, np.zeros(len(records), dtype=np.int64)
+        with deterministic_torch(self.settings):
+            weights = [self.workspace.load_weights(record) for record in records]
+            for rows in parquet_batches(self._test_bytes(), self.data.shape, self.data.dtype, batch_rows):
+                probas = self._probas(np.array(rows.X, copy=True), weights)
+                ensemble = aggregate(self.settings.aggregation, probas, sizes)
+                n += len(rows.label)
+                right += int(np.count_nonzero(ensemble.argmax(1) == rows.label))
+                shard_right += np.count_nonzero(probas.argmax(2) == rows.label, axis=1)
+        if n == 0:
+            raise SisaError("this workspace's test file holds no rows")
         return {
-            "accuracy": float(np.mean(ensemble.argmax(1) == rows.label)),
-            "shard_accuracy": [float(np.mean(p.argmax(1) == rows.label)) for p in probas],
-            "n_test": int(len(rows.label)),
-            "shards_used": [r.shard for r in self.final_records()],
+            "accuracy": right / n,
+            "shard_accuracy": [int(k) / n for k in shard_right],
+            "n_test": n,
+            "shards_used": [r.shard for r in records],
             "aggregation": self.settings.aggregation,
         }
 

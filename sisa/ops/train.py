@@ -201,7 +201,7 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
     try:
         stage = Workspace(staging)
         manifest = _write_rows(stage, given)
-        checkpoints, test_probas = _train_shards(stage, manifest, executor=executor, progress=progress)
+        checkpoints = _train_shards(stage, manifest, executor=executor, progress=progress)
         if carry_ledger:  # else the ledger is made by the first command that records something
             carried = carry(workspace.ledger_path, stage.ledger_path)
             with Ledger(stage.ledger_path) as ledger:
@@ -221,9 +221,7 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
     remove_orphans(workspace)  # files of the old workspace its own manifests no longer named
     if manifest.test is None:
         return checkpoints.checkpoints, {}
-    ensemble = Ensemble(workspace)
-    probas = np.stack([test_probas[r.shard] for r in ensemble.final_records()])
-    return checkpoints.checkpoints, ensemble.evaluate(probas)
+    return checkpoints.checkpoints, Ensemble(workspace).evaluate()
 
 
 def _record_base(workspace: Workspace, carried: Ledger) -> None:
@@ -268,22 +266,18 @@ def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
 
 
 def _train_shards(stage: Workspace, manifest: WorkspaceManifest, *, executor, progress):
-    """Train every shard of ``stage`` and write its checkpoints manifest; returns it and each
-    shard's final test probabilities."""
-    evaluate = (manifest.test.file, manifest.test.sha256) if manifest.test else None
-    jobs = [ShardJob.for_shard(str(stage.root.resolve()), manifest, e, evaluate=evaluate)
-            for e in manifest.shards if e.rows]
-    records, environments, test_probas = [], [], {}
+    """Train every shard of ``stage`` and write its checkpoints manifest; returns it."""
+    jobs = [ShardJob.for_shard(str(stage.root.resolve()), manifest, e) for e in manifest.shards if e.rows]
+    records, environments = [], []
     for result in (executor or make_executor("local")).run(jobs, progress):
         accept_result(stage, result)
         records.extend(result.checkpoints)
         environments.append(result.environment)
-        test_probas[result.shard] = result.test_probas
     if any(env != environments[0] for env in environments):
         raise SisaError(f"shards were trained under different numerics environments: {environments}")
     checkpoints = CheckpointsManifest(checkpoints=tuple(by_position(records)), environment=environments[0])
     stage.save(checkpoints)
-    return checkpoints, test_probas
+    return checkpoints
 
 
 

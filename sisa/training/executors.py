@@ -78,11 +78,10 @@ class RayExecutor:
         task = ray.remote(_ray_job)
         cpus = self.cpus_per_shard if self.cpus_per_shard is not None else jobs[0].settings.threads
         workspace = Workspace(jobs[0].workdir)
-        shared = _shared_inputs(ray, workspace, jobs)
         pending = {}
         for unit in work_units(jobs):
             name = f"sisa-shard-{unit[0].shard}" + (f"-{unit[-1].shard}" if len(unit) > 1 else "")
-            inputs = _unit_inputs(ray, workspace, unit, shared)
+            inputs = _unit_inputs(workspace, unit)
             ref = task.options(num_cpus=cpus, num_gpus=self.gpus_per_shard, max_retries=self.retries,
                                retry_exceptions=False, name=name).remote(unit, list(inputs), *inputs.values())
             pending[ref] = unit
@@ -157,15 +156,8 @@ def _refused_token(exc: BaseException) -> bool:
     return False
 
 
-def _shared_inputs(ray, workspace: Workspace, jobs: Sequence[ShardJob]) -> dict[tuple[str, str], Any]:
-    """Object refs of the files every task reads (the test rows), put in Ray's store once."""
-    tests = {job.evaluate[0] for job in jobs if job.evaluate is not None}
-    return {("data", name): ray.put(workspace.read_data_bytes(name)) for name in sorted(tests)}
-
-
-def _unit_inputs(ray, workspace: Workspace, unit: Sequence[ShardJob],
-                 shared: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
-    """(kind, name) -> the bytes (or an object ref of them) of every file ``unit`` reads."""
+def _unit_inputs(workspace: Workspace, unit: Sequence[ShardJob]) -> dict[tuple[str, str], bytes]:
+    """(kind, name) -> the bytes of every file ``unit`` reads."""
     inputs: dict[tuple[str, str], Any] = {}
     for job in unit:
         for name, _ in job.shard_files:
@@ -173,14 +165,11 @@ def _unit_inputs(ray, workspace: Workspace, unit: Sequence[ShardJob],
         if job.start is not None:
             for name, _, _ in job.start.files():
                 inputs[("checkpoint", name)] = workspace.read_checkpoint_file(name)
-        if job.evaluate is not None:
-            inputs[("data", job.evaluate[0])] = shared[("data", job.evaluate[0])]
     return inputs
 
 
 def _ray_job(unit: Sequence[ShardJob], names: list[tuple[str, str]], *contents: bytes) -> list[ShardResult]:
-    """Runs on a Ray worker: one job, or one vectorised group, on the files sent with it
-    (Ray resolves the object refs among ``contents`` before the call)."""
+    """Runs on a Ray worker: one job, or one vectorised group, on the files sent with it."""
     files = CarriedFiles({name: data for (kind, name), data in zip(names, contents) if kind == "data"},
                          {name: data for (kind, name), data in zip(names, contents) if kind == "checkpoint"})
     return run_carried(unit, files)

@@ -71,9 +71,6 @@ class ShardJob:
     from_slice: int = 0
     start: Optional[CheckpointRecord] = None
     slice_rows: tuple[int, ...] = ()
-    evaluate: Optional[tuple[str, str]] = None
-    """(file, sha256) of the test rows: the job then also returns its final model's class
-    probabilities on them, so evaluation runs where training ran (in parallel under Ray)."""
     epochs: tuple[int, ...] = ()
     """Epochs of every slice (:meth:`WorkspaceManifest.schedule`); empty: the settings' slices."""
     import_root: Optional[str] = None
@@ -121,7 +118,6 @@ class ShardResult:
     checkpoints: list[CheckpointRecord]
     environment: dict[str, Any]
     seconds: float = 0.0
-    test_probas: Optional[np.ndarray] = None
     host: str = field(default_factory=platform.node)
     """The machine that trained the shard (a Ray worker node, or this one)."""
     files: dict[str, bytes] = field(default_factory=dict)

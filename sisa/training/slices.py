@@ -193,11 +193,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
             if progress is not None:
                 progress(record)
             crash_point("worker-mid-shard")
-        test_probas = None
-        if job.evaluate is not None and state is not None:
-            test = files.read_data_file(job.evaluate[0], job.evaluate[1], data.shape, data.dtype)
-            test_probas = predict_probas(state["model"], test.X, settings=settings, data=data)
-    return ShardResult(job.shard, records, environment, time.perf_counter() - started, test_probas)
+    return ShardResult(job.shard, records, environment, time.perf_counter() - started)
 
 
 def predict_probas(model_state: dict[str, Any], X: np.ndarray, *, settings: Settings, data: DataSpec,

@@ -54,7 +54,6 @@ from sisa.training.jobs import (
 )
 from sisa.training.numerics import deterministic_torch, numerics_environment
 from sisa.training.slices import (
-    predict_probas,
     resume_training,
     save_slice,
 )
@@ -124,7 +123,7 @@ def run_group(jobs: Sequence[ShardJob], progress: Optional[Progress] = None,
         for slice_ in range(min(m.job.from_slice for m in members), len(jobs[0].schedule())):
             _run_slice(workspace, members, slice_, X, y, progress)
             crash_point("worker-mid-shard")
-        return [_result(workspace, m, environment, started) for m in members]
+        return [_result(m, environment, started) for m in members]
 
 
 def _read_members(workspace: JobFiles, jobs: Sequence[ShardJob]) -> list[_Member]:
@@ -173,13 +172,8 @@ def _run_slice(workspace: JobFiles, members: list[_Member], slice_: int, X, y,
             progress(record)
 
 
-def _result(workspace: JobFiles, m: _Member, environment, started: float) -> ShardResult:
-    test_probas = None
-    if m.job.evaluate is not None and m.state is not None:
-        settings, data = m.job.settings, m.job.data
-        test = workspace.read_data_file(m.job.evaluate[0], m.job.evaluate[1], data.shape, data.dtype)
-        test_probas = predict_probas(m.state["model"], test.X, settings=settings, data=data)
-    return ShardResult(m.job.shard, m.records, environment, time.perf_counter() - started, test_probas)
+def _result(m: _Member, environment, started: float) -> ShardResult:
+    return ShardResult(m.job.shard, m.records, environment, time.perf_counter() - started)
 
 
 def _train_group_slice(active: list[_Member], counts: dict[int, int], X, y, *, settings, data: DataSpec,

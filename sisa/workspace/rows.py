@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -57,7 +57,20 @@ def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRow
     import pyarrow.parquet as pq
 
     # read_table would import pyarrow.dataset (0.1-0.2 s)
-    table = pq.ParquetFile(io.BytesIO(data)).read(use_threads=ARROW_THREADS)
+    return _arrow_rows(pq.ParquetFile(io.BytesIO(data)).read(use_threads=ARROW_THREADS), shape, dtype)
+
+
+def parquet_batches(data: bytes, shape: tuple[int, ...], dtype: str, batch_rows: int) -> Iterator[ShardRows]:
+    """The rows of Parquet bytes, ``batch_rows`` at a time (memory: a batch and a row group,
+    not the file decoded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=batch_rows, use_threads=ARROW_THREADS):
+        yield _arrow_rows(pa.Table.from_batches([batch]), shape, dtype)
+
+
+def _arrow_rows(table, shape: tuple[int, ...], dtype: str) -> ShardRows:
     id_col = table.column("id")
     ids = np.asarray(id_col.to_pylist(), dtype=object) if id_col.type == "string" \
         else id_col.to_numpy().astype(np.int64)

@@ -44,8 +44,7 @@ class CarryingExecutor:
     def run(self, jobs, progress=None):
         workspace = Workspace(jobs[0].workdir)
         for job in jobs:
-            files = CarriedFiles.gather(workspace, [name for name, _ in job.shard_files]
-                                        + ([job.evaluate[0]] if job.evaluate else []),
+            files = CarriedFiles.gather(workspace, [name for name, _ in job.shard_files],
                                         [job.start] if job.start else [])
             [result] = run_carried([dataclasses.replace(job, workdir="/nonexistent")], files)
             if self.tamper:

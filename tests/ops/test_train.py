@@ -163,3 +163,20 @@ def test_train_force_without_data_retrains_the_workspace_as_recorded(tmp_path, t
     assert changed.code == 0 and Workspace(ws).manifest().settings.replace(epochs=2) == manifest.settings
     fresh = run_cli("train", "--workdir", ws, "--force", "--data", f"parquet:{source}")
     assert fresh.code == 0 and Workspace(ws).manifest().settings.shards == 5  # --data: a new training
+
+
+def test_evaluation_in_batches_equals_scoring_the_whole_test_set(small_trained):
+    from sisa.aggregation import aggregate
+    from sisa.ops.ensemble import Ensemble
+
+    ensemble = Ensemble(Workspace(small_trained))
+    rows = ensemble.test_rows()
+    probas = ensemble.shard_probas(rows.X)  # the reference: every row at once
+    sizes = [ensemble.shard_sizes()[r.shard] for r in ensemble.final_records()]
+    expected = aggregate(ensemble.settings.aggregation, probas, sizes).argmax(1) == rows.label
+    assert len(rows.label) > 7
+    for batch_rows in (1, 7, 10**6):
+        result = ensemble.evaluate(batch_rows=batch_rows)
+        assert result["n_test"] == len(rows.label)
+        assert result["accuracy"] == float(np.mean(expected))
+        assert result["shard_accuracy"] == [float(np.mean(p.argmax(1) == rows.label)) for p in probas]
