@@ -98,12 +98,13 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
                             "that one small model leaves idle (default 1); changes the trained bits")
 
 
-def dataset_and_settings(args: argparse.Namespace, recorded=None):
+def dataset_and_settings(args: argparse.Namespace, recorded=None, *, stream: bool = False):
     """Load ``--data`` and build the settings: flags > the dataset's defaults > Settings' own.
 
     With ``recorded`` (the manifest of the workspace ``train --force`` replaces, when no
     ``--data`` was given) the data flags not given and the settings not given come from it
     instead: the workspace is retrained as it was, changed only by the flags given.
+    ``stream``: leave a table's features in its file (:func:`sisa.data.sources.load`).
     """
     from sisa.data.sources import load
     from sisa.settings import Settings
@@ -114,7 +115,7 @@ def dataset_and_settings(args: argparse.Namespace, recorded=None):
             setattr(args, flag, default if value is None else value)
     dataset = load(args.data, id_col=args.id_col, label_col=args.label_col,
                    test_spec=args.test_data, test_fraction=args.test_fraction,
-                   image_size=getattr(args, "image_size", None))
+                   image_size=getattr(args, "image_size", None), stream=stream)
     chosen: dict[str, Any] = recorded.settings.to_dict() if recorded is not None else dict(dataset.defaults)
     chosen.update({k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None})
     return dataset, Settings(**chosen)

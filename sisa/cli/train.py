@@ -45,7 +45,7 @@ class Train(Subcommand):
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.train import train_workspace
 
-        dataset, settings = dataset_and_settings(args, _recorded(args))
+        dataset, settings = dataset_and_settings(args, _recorded(args), stream=True)
         executor = executor_from(args, env)
 
         def progress(record) -> None:

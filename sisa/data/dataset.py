@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import numpy as np
 
@@ -52,6 +52,17 @@ class Dataset:
 
     def label_index(self, labels: np.ndarray, what: str) -> np.ndarray:
         """Map raw labels to class indices; labels outside ``classes`` are an error."""
+        if type(labels) is np.ndarray and labels.ndim == 1 and labels.dtype.kind in "iu" \
+                and labels.dtype != np.uint64 and self.classes and len(set(self.classes)) == len(self.classes) \
+                and all(type(c) is int and -2**63 <= c < 2**63 for c in self.classes):
+            # the same lookups as the dict's below, as array operations
+            classes = np.asarray(self.classes, dtype=np.int64)
+            order = np.argsort(classes, kind="stable")
+            at = np.minimum(np.searchsorted(classes[order], labels), len(classes) - 1)
+            found = classes[order][at] == labels
+            if found.all():
+                return order[at].astype(np.int64)
+            self._unknown_label(labels[~found][0].item(), what)
         lookup = {value: i for i, value in enumerate(self.classes)}
         values = _plain_values(labels)
         try:
@@ -59,13 +70,15 @@ class Dataset:
                 return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
             return np.fromiter((lookup[plain(v)] for v in labels), dtype=np.int64, count=len(labels))
         except KeyError as exc:
-            label = exc.args[0]
-            hint = ""
-            if str(label) in {str(c) for c in self.classes}:
-                hint = (f"; it is {type(label).__name__} where the training's labels are "
-                        f"{type(self.classes[0]).__name__}: give labels of the same kind")
-            raise SisaError(f"{what} has label {label!r}, which the training data does not have "
-                            f"(classes: {preview(self.classes)}){hint}") from None
+            self._unknown_label(exc.args[0], what)
+
+    def _unknown_label(self, label: Any, what: str) -> NoReturn:
+        hint = ""
+        if str(label) in {str(c) for c in self.classes}:
+            hint = (f"; it is {type(label).__name__} where the training's labels are "
+                    f"{type(self.classes[0]).__name__}: give labels of the same kind")
+        raise SisaError(f"{what} has label {label!r}, which the training data does not have "
+                        f"(classes: {preview(self.classes)}){hint}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class LoadOptions:
     test_fraction: float = DEFAULT_TEST_FRACTION
     image_size: Optional[tuple[int, int]] = None
     """(H, W) that ``imagefolder:`` resizes images to; None: the first image's size."""
+    stream: bool = False
+    """Leave a table's features in its file (:class:`~sisa.data.streaming.StreamedFeatures`)."""
 
 
 def check_features(X: np.ndarray, what: str) -> None:

@@ -65,12 +65,14 @@ SOURCES.register("imagefolder")(folders.imagefolder)
 
 def load(spec: str, *, id_col: str = "id", label_col: str = "label",
          test_spec: Optional[str] = None, test_fraction: float = DEFAULT_TEST_FRACTION,
-         image_size: Any = None) -> Dataset:
+         image_size: Any = None, stream: bool = False) -> Dataset:
     """Load the source named by ``spec``; ``test_spec`` names a separate evaluation set.
 
     Without ``test_spec`` the source's own test split is used, or else a fraction of the
     rows chosen by a hash of their id (stable whatever the order or the seed). ``image_size``
-    (N or (H, W)) is the size ``imagefolder:`` images are resized to.
+    (N or (H, W)) is the size ``imagefolder:`` images are resized to. With ``stream``, a
+    table's features stay in its file until they are read a batch at a time
+    (:mod:`sisa.data.streaming`), so a table larger than memory can be trained on.
 
     >>> ds = load("digits")
     >>> len(ds.train) + len(ds.test), ds.shape, len(ds.classes)
@@ -83,7 +85,7 @@ def load(spec: str, *, id_col: str = "id", label_col: str = "label",
         if name != "imagefolder":
             raise SisaError("--image-size applies to imagefolder: data only")
         image_size = folders.parse_image_size(image_size)
-    options = LoadOptions(id_col, label_col, test_fraction, image_size)
+    options = LoadOptions(id_col, label_col, test_fraction, image_size, stream)
     dataset = SOURCES.get(name)(arg, options)
     dataset.spec = spec
     if test_spec is not None:
@@ -110,7 +112,7 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
         if like.feature_names is None:
             raise SisaError(f"{what} {spec} is a table, but the model was trained on {like.spec} images")
         table, _ = tables.read_table(name, arg, options, need_labels=need_labels, what=what,
-                                     features=like.feature_names, need_ids=need_ids)
+                                     features=like.feature_names, need_ids=need_ids, stream=options.stream)
     elif name == "imagefolder":
         table = _folder_rows(spec, arg, like, options, what)
     else:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from sisa.data.dataset import (
     plain,
     preview,
 )
+from sisa.data.streaming import StreamedFeatures
 from sisa.errors import SisaError
 from sisa.settings import DATASET_DEFAULTS
 from sisa.workspace.rows import ARROW_THREADS
@@ -39,31 +41,43 @@ def parquet_source(arg: Optional[str], options: LoadOptions) -> Dataset:
 
 
 def table_dataset(kind: str, path: Optional[str], options: LoadOptions) -> Dataset:
-    """A table as a dataset: every column but the id and the label is a feature."""
-    table, names = read_table(kind, path, options, need_labels=True, what=f"{kind}:{path}")
+    """A table as a dataset: every column but the id and the label is a feature (left in the
+    file, read a batch at a time, with ``options.stream``)."""
+    table, names = read_table(kind, path, options, need_labels=True, what=f"{kind}:{path}", stream=options.stream)
     labels = table.y
-    kinds = {("int" if isinstance(plain(v), int) else "str") for v in labels}
-    if len(kinds) > 1:
-        raise SisaError(f"label column {options.label_col!r} in {path} mixes numbers and text")
-    classes = sorted({plain(v) for v in labels})
+    if labels.dtype != object:
+        classes = np.unique(labels).tolist()
+    else:
+        kinds = {("int" if isinstance(plain(v), int) else "str") for v in labels}
+        if len(kinds) > 1:
+            raise SisaError(f"label column {options.label_col!r} in {path} mixes numbers and text")
+        classes = sorted({plain(v) for v in labels})
     return Dataset(f"{kind}:{path}", table, None, (len(names),), classes, scale=1.0,
                    feature_names=names, defaults=dict(DATASET_DEFAULTS["tables"]))
 
 
 def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_labels: bool,
                what: str, features: Optional[list[str]] = None,
-               need_ids: bool = True, exact: bool = False) -> tuple[Table, list[str]]:
+               need_ids: bool = True, exact: bool = False, stream: bool = False) -> tuple[Table, list[str]]:
     """Read and validate a CSV or Parquet table; returns its rows and feature column names
     (``features`` when given: the columns a model was trained on; with ``exact``, no other
-    columns besides the id and label may be there, as for rows that will be trained on)."""
-    arrow = _read_arrow(kind, path, options, what)
-    if arrow.num_rows == 0:
-        raise SisaError(f"{what} has no rows")
-    columns = arrow.schema.names
+    columns besides the id and label may be there, as for rows that will be trained on).
+
+    With ``stream`` only the ids and labels are read now; the features stay in the file
+    (:class:`~sisa.data.streaming.StreamedFeatures`) and are checked as they are read."""
+    columns = _column_names(kind, path, options, what)
     doubled = sorted({c for c in columns if columns.count(c) > 1})
     if doubled:
         raise SisaError(f"{what}: column name(s) {preview(doubled)} appear more than once; give every "
                         f"column its own name")
+    if stream and need_ids and options.id_col in columns:
+        kept = [c for c in (options.id_col, options.label_col) if c in columns]
+        arrow = _read_arrow(kind, path, options, what, kept)
+    else:
+        stream = False
+        arrow = _read_arrow(kind, path, options, what)
+    if arrow.num_rows == 0:
+        raise SisaError(f"{what} has no rows")
     if options.id_col in columns:
         ids = _ids(arrow.column(options.id_col), kind, what, options.id_col)
     elif need_ids:
@@ -80,28 +94,126 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
     if exact and extra:
         raise SisaError(f"{what}: column(s) {preview(extra)} are not feature columns of the workspace "
                         f"(a training would take them for features); drop them first")
-    X = _features(arrow, features, len(ids), what)
+    if stream:
+        source = _TableFeatures(kind, str(path), options, tuple(features), what, ids.dtype == object)
+        source.check_types(_read_arrow(kind, path, options, what, list(features), first_block=True))
+        X: Any = StreamedFeatures(source, np.arange(len(ids)), ids)
+    else:
+        X = _features(arrow, features, len(ids), what)
     y = _labels(arrow.column(options.label_col), what, options.label_col) if has_labels else None
     return Table(ids, X, y), features
 
 
-def _read_arrow(kind: str, path: Optional[str], options: LoadOptions, what: str):
-    """The file as an Arrow table (CSV ids as text: they become integers in :func:`_ids`)."""
+STREAM_BATCH_ROWS = 65536
+"""Rows of a Parquet table read at a time when its features are streamed."""
+STREAM_CSV_BLOCK_BYTES = 1 << 20
+"""Bytes of a CSV table read at a time when its features are streamed."""
+
+
+@dataclass(frozen=True)
+class _TableFeatures:
+    """The feature columns of a CSV or Parquet file, read a batch at a time
+    (:class:`~sisa.data.streaming.FeatureSource`)."""
+
+    kind: str
+    path: str
+    options: LoadOptions
+    features: tuple[str, ...]
+    what: str
+    text_ids: bool
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return (len(self.features),)
+
+    def check_types(self, arrow) -> None:
+        """Refuse a feature column that is not numeric before any row is read."""
+        _features(arrow.slice(0, 0), list(self.features), 0, self.what)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        import pyarrow as pa
+
+        columns = [self.options.id_col, *self.features]
+        try:
+            for batch in _arrow_batches(self.kind, self.path, self.options, columns):
+                table = pa.Table.from_batches([batch])
+                yield (_batch_ids(table.column(self.options.id_col), self.text_ids),
+                       _features(table, list(self.features), table.num_rows, self.what))
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+            raise SisaError(f"cannot read {self.what} ({self.path}): {exc}") from None
+
+
+def _batch_ids(column, text: bool) -> np.ndarray:
+    """A batch's ids as :func:`_ids` gave them for the whole column (already checked there)."""
     import pyarrow as pa
-    import pyarrow.csv as pcsv
+
+    if text:
+        return np.asarray(column.to_pylist(), dtype=object)
+    if pa.types.is_integer(column.type):
+        return column.to_numpy().astype(np.int64)
+    return column.cast(pa.int64()).to_numpy()  # CSV ids read as text, all plain integers
+
+
+def _column_names(kind: str, path: Optional[str], options: LoadOptions, what: str) -> list[str]:
+    if kind == "csv":
+        return _read_arrow(kind, path, options, what, first_block=True).schema.names
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    _check_path(kind, path, what)
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SisaError(f"cannot read {what} ({path}): {exc}") from None
+
+
+def _check_path(kind: str, path: Optional[str], what: str) -> None:
     if not path:
         raise SisaError(f"{kind} needs a path: {kind}:PATH")
     if not os.path.isfile(path):
         raise SisaError(f"{what}: no such file: {path}")
+
+
+def _arrow_batches(kind: str, path: str, options: LoadOptions, columns: list[str]):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if kind == "csv":
+        yield from pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=ARROW_THREADS,
+                                                                     block_size=STREAM_CSV_BLOCK_BYTES),
+                                 convert_options=pcsv.ConvertOptions(column_types={options.id_col: pa.string()},
+                                                                     include_columns=columns))
+    else:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns,
+                                                     use_threads=ARROW_THREADS)
+
+
+def _read_arrow(kind: str, path: Optional[str], options: LoadOptions, what: str,
+                columns: Optional[list[str]] = None, *, first_block: bool = False):
+    """The file as an Arrow table (CSV ids as text: they become integers in :func:`_ids`):
+    only ``columns`` when given; with ``first_block``, a CSV file's first block only (its
+    header and the types inferred from it; a Parquet file's first rows)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    _check_path(kind, path, what)
     try:
         if kind == "csv":
             # Ids are read as text and become integers only when every one is written as a
             # plain integer, so "007" stays "007" and CSV and Parquet ids partition alike.
-            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(use_threads=ARROW_THREADS),
-                                 convert_options=pcsv.ConvertOptions(column_types={options.id_col: pa.string()}))
-        return pq.read_table(path, use_threads=ARROW_THREADS)
+            convert = pcsv.ConvertOptions(column_types={options.id_col: pa.string()}, include_columns=columns)
+            read = pcsv.ReadOptions(use_threads=ARROW_THREADS)
+            if first_block:
+                reader = pcsv.open_csv(path, read_options=read, convert_options=convert)
+                batch = next(iter(reader), None)
+                return reader.schema.empty_table() if batch is None else pa.Table.from_batches([batch])
+            return pcsv.read_csv(path, read_options=read, convert_options=convert)
+        if first_block:  # no rows: the columns and their types
+            schema = pq.read_schema(path)
+            return schema.empty_table().select(columns if columns is not None else schema.names)
+        return pq.read_table(path, columns=columns, use_threads=ARROW_THREADS)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
 
@@ -142,17 +254,18 @@ def _features(arrow, features: list[str], n: int, what: str) -> np.ndarray:
 def _labels(label, what: str, label_col: str) -> np.ndarray:
     """The label column: int64 for numbers and booleans, Python strings (object array) for text."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if label.null_count:
         raise SisaError(f"{what}: label column {label_col!r} has {label.null_count} missing values")
     if pa.types.is_floating(label.type):
         return integral_labels(label.to_numpy(), f"{what}: label column {label_col!r}")
-    if pa.types.is_integer(label.type) or pa.types.is_string(label.type) \
-            or pa.types.is_large_string(label.type) or pa.types.is_boolean(label.type):
-        y: Any = np.asarray(label.to_pylist(), dtype=object)
-        if pa.types.is_integer(label.type) or pa.types.is_boolean(label.type):
-            y = y.astype(np.int64)
-        return y
+    if pa.types.is_integer(label.type) or pa.types.is_boolean(label.type):
+        if pa.types.is_unsigned_integer(label.type) and len(label) and int(pc.max(label).as_py()) >= 2**63:
+            raise SisaError(f"{what}: label column {label_col!r} holds labels of 2^63 or more")
+        return label.to_numpy().astype(np.int64)
+    if pa.types.is_string(label.type) or pa.types.is_large_string(label.type):
+        return np.asarray(label.to_pylist(), dtype=object)
     raise SisaError(f"{what}: label column {label_col!r} has type {label.type}; "
                     f"labels must be integers or text")
 

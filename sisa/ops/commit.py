@@ -34,7 +34,7 @@ from sisa.workspace.ledger import (
 from sisa.workspace.lock import workspace_lock
 from sisa.workspace.manifest import CheckpointRecord, ShardData, WorkspaceManifest
 from sisa.workspace.orphans import remove_orphans
-from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.rows import parquet_of_test_rows
 from sisa.workspace.staging import (
     finish_swap,
     remove_scratch,
@@ -197,7 +197,7 @@ def _purge_test(workspace: Workspace, manifest: WorkspaceManifest, deleted: dict
         return
     rows = workspace.read_data_file(entry.file, entry.sha256, manifest.data.shape, manifest.data.dtype)
     keep = ~id_mask(rows.ids, deleted)
-    payload = rows_to_parquet(rows.ids[keep], None, None, rows.label[keep], rows.X[keep])
+    payload = parquet_of_test_rows(rows.ids[keep], rows.label[keep], rows.X[keep])
     name, sha = workspace.write_versioned("test", payload)
     new = dataclasses.replace(entry, file=name, sha256=sha, rows=int(keep.sum()),
                               ids_sha256=ids_digest(rows.ids[keep]) if entry.ids_sha256 else "")

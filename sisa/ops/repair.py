@@ -33,7 +33,7 @@ from sisa.workspace.manifest import (
     WorkspaceManifest,
 )
 from sisa.workspace.orphans import orphan_files
-from sisa.workspace.rows import rows_to_parquet
+from sisa.workspace.rows import parquet_of_test_rows, rows_to_parquet
 
 
 def repair(workspace: Workspace, *, data_spec: Optional[str] = None, executor: Optional[Executor] = None,
@@ -118,7 +118,7 @@ def _rebuild_data(workspace: Workspace, manifest: WorkspaceManifest, damaged: li
             _check_same_ids("the test rows", test.ids, entry.rows, entry.ids_sha256 or None, data_spec)
             order = id_order(test.ids)
             labels = source.label_index(test.y[order], "test data")
-            payload = rows_to_parquet(test.ids[order], None, None, labels, test.X[order].astype(data.dtype))
+            payload = parquet_of_test_rows(test.ids[order], labels, test.X[order].astype(data.dtype))
             manifest = _replace(workspace, manifest, entry, payload, actions, retrain)
             continue
         if manifest.batches:

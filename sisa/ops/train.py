@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,8 +15,9 @@ from typing import Any, Optional
 import numpy as np
 
 from sisa import __version__
-from sisa.data.partition import Assignment, assign, check_sizes, shard_order
+from sisa.data.partition import Assignment, assign, check_sizes
 from sisa.data.sources import Dataset, Table
+from sisa.data.streaming import take_runs
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.ids import id_mask, id_order, ids_digest, key_text
@@ -37,7 +39,7 @@ from sisa.workspace.manifest import (
     by_position,
 )
 from sisa.workspace.orphans import remove_orphans
-from sisa.workspace.rows import ShardRows, rows_to_parquet
+from sisa.workspace.rows import TEST_ROW_GROUP_ROWS, ShardRows, write_test_file
 from sisa.workspace.staging import (
     STAGING_PREFIX,
     finish_swap,
@@ -237,22 +239,35 @@ def _record_base(workspace: Workspace, carried: Ledger) -> None:
 
 
 def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
-    """Write the shard files and the test file into ``stage``; returns the (unwritten) manifest."""
+    """Write the shard files and the test file into ``stage``; returns the (unwritten) manifest.
+
+    Rows are gathered a slice (and a test row group) at a time: features a source left in its
+    file are read once and spilled to a scratch folder in ``stage`` (:mod:`sisa.data.streaming`),
+    so memory holds one slice's rows, never the dataset."""
     dataset, settings, assignment = given.dataset, given.settings, given.assignment
     train, test = dataset.train, dataset.test
     dtype = str(train.X.dtype)
-    shards = []
-    for s in range(settings.shards):
-        rows = shard_order(assignment, s)
-        parts = stage.write_shard_slices(s, range(settings.slices), ShardRows(
-            train.ids[rows], assignment.slice[rows], given.labels[rows], train.X[rows]))
-        shards.append(ShardData(shard=s, parts=parts))
-    test_file = None
+    # (shard, slice, key) order: slice r of shard s is run s * slices + r
+    order = np.lexsort((assignment.key, assignment.slice, assignment.shard))
+    bounds = np.concatenate([[0], np.cumsum(given.counts.reshape(-1))])
+    requests = [(train.X, order, bounds)]
     if given.test_labels is not None:
-        order = id_order(test.ids)
-        name, sha = stage.write_versioned("test", rows_to_parquet(
-            test.ids[order], None, None, given.test_labels[order], test.X[order].astype(dtype)))
-        test_file = DataFile(file=name, sha256=sha, rows=int(len(test)), ids_sha256=ids_digest(test.ids))
+        test_order = id_order(test.ids)
+        requests.append((test.X, test_order, np.unique(np.r_[0:len(test):TEST_ROW_GROUP_ROWS, len(test)])))
+    parts: dict[int, list[DataFile]] = {s: [] for s in range(settings.shards)}
+    test_file = None
+    with tempfile.TemporaryDirectory(prefix="scratch-", dir=stage.root) as scratch:
+        runs = take_runs(requests, scratch)
+        for run, X in enumerate(runs[0]):
+            (s, r), rows = divmod(run, settings.slices), order[bounds[run]:bounds[run + 1]]
+            parts[s].extend(stage.write_shard_slices(s, range(r, r + 1), ShardRows(
+                train.ids[rows], assignment.slice[rows], given.labels[rows], X)))
+        if given.test_labels is not None:
+            chunks = ((test.ids[rows], given.test_labels[rows], X.astype(dtype))
+                      for rows, X in zip(np.split(test_order, requests[1][2][1:-1]), runs[1]))
+            name, sha = stage.write_versioned_stream("test", lambda sink: write_test_file(sink, chunks))
+            test_file = DataFile(file=name, sha256=sha, rows=int(len(test)), ids_sha256=ids_digest(test.ids))
+    shards = [ShardData(shard=s, parts=tuple(parts[s])) for s in range(settings.shards)]
     n_test = test_file.rows if test_file else 0
     # with the ledger, the initial counts show whether rows went missing without a deletion
     data = DataInfo(shape=tuple(dataset.shape), dtype=dtype, scale=float(dataset.scale),

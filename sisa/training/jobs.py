@@ -88,13 +88,20 @@ class ShardJob:
     def read_rows(self, files: "JobFiles") -> Any:
         """The shard's rows (:class:`~sisa.workspace.rows.ShardRows`), from all its files, which
         must hold the rows of its slices in slice order (``slice_rows`` of each, when given)."""
+        from sisa.errors import SisaError
         from sisa.workspace.files import check_slices
         from sisa.workspace.rows import concat_rows
 
-        rows = concat_rows([files.read_data_file(name, sha256, self.data.shape, self.data.dtype)
-                            for name, sha256 in self.shard_files])
-        if self.slice_rows:
-            check_slices(self.shard, ", ".join(name for name, _ in self.shard_files), rows.slice, 0, self.slice_rows)
+        names = ", ".join(name for name, _ in self.shard_files)
+        parts = (files.read_data_file(name, sha256, self.data.shape, self.data.dtype) for name, sha256 in self.shard_files)
+        if not self.slice_rows:
+            return concat_rows(parts)
+        try:
+            rows = concat_rows(parts, sum(self.slice_rows))
+        except ValueError as exc:
+            raise SisaError(f"shard {self.shard}'s files ({names}) do not hold the rows the manifest gives "
+                            f"their slices: {exc}") from None
+        check_slices(self.shard, names, rows.slice, 0, self.slice_rows)
         return rows
 
     def schedule(self) -> tuple[int, ...]:

@@ -170,7 +170,7 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
 
     with deterministic_torch(settings):
         environment = numerics_environment(settings)
-        X = torch.from_numpy(np.array(rows.X, copy=True)).to(settings.device)
+        X = torch.from_numpy(np.require(rows.X, requirements=('C', 'W'))).to(settings.device)  # batches are copies
         y = torch.from_numpy(rows.label).to(settings.device)
         state = files.load_checkpoint(job.start) if job.start is not None else None
         if (state is None) != (job.from_slice == 0):

@@ -1,10 +1,10 @@
-"""Rows on disk: one Parquet file per shard (and one for the test rows), read and written here."""
+"""Rows on disk: one Parquet file per shard slice (and one for the test rows), read and written here."""
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -26,19 +26,75 @@ class ShardRows:
         return ShardRows(self.ids[rows], self.slice[rows], self.label[rows], self.X[rows])
 
 
-def concat_rows(parts: list[ShardRows]) -> ShardRows:
-    """One shard's rows from the rows of its files, in order."""
-    if len(parts) == 1:
-        return parts[0]
-    return ShardRows(*(np.concatenate([getattr(p, name) for p in parts])
-                       for name in ("ids", "slice", "label", "X")))
+def concat_rows(parts: Iterable[ShardRows], total: Optional[int] = None) -> ShardRows:
+    """One shard's rows from the rows of its files, in order. With ``total`` (the rows there
+    must be), each part is copied into place as it comes: memory holds the shard's rows and
+    one part, never every part twice."""
+    if total is None:
+        parts = list(parts)
+        total = sum(len(p.ids) for p in parts)
+    out: Optional[ShardRows] = None
+    at = 0
+    for part in parts:
+        n = len(part.ids)
+        if at + n > total:
+            raise ValueError(f"the files hold more than the {total} rows expected")
+        if n == total:  # the one part with rows
+            out = part
+        elif n:
+            if out is None:
+                out = ShardRows(np.empty(total, dtype=part.ids.dtype), np.empty(total, dtype=np.int64),
+                                np.empty(total, dtype=np.int64),
+                                np.empty((total, *part.X.shape[1:]), dtype=part.X.dtype))
+            for name in ("ids", "slice", "label", "X"):
+                getattr(out, name)[at:at + n] = getattr(part, name)
+        at += n
+    if out is None or at != total:
+        raise ValueError(f"the files hold {at} rows, not the {total} expected")
+    return out
 
 
 def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.ndarray],
-                    label: np.ndarray, X: np.ndarray) -> bytes:
-    """Serialise rows to Parquet bytes; features are one fixed-size list column, flattened."""
-    import pyarrow as pa
+                    label: np.ndarray, X: np.ndarray, *, row_group_rows: Optional[int] = None) -> bytes:
+    """Serialise rows to Parquet bytes; features are one fixed-size list column, flattened.
+    ``row_group_rows``: rows per row group (Arrow's default when None)."""
     import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(rows_table(ids, shard, slice_, label, X), buffer, compression="zstd",
+                   row_group_size=row_group_rows)
+    return buffer.getvalue()
+
+
+TEST_ROW_GROUP_ROWS = 65536
+"""Rows per row group of the test file, the unit it is written and evaluated in."""
+
+
+def parquet_of_test_rows(ids: np.ndarray, label: np.ndarray, X: np.ndarray) -> bytes:
+    """The test file's bytes; the same as :func:`write_test_file` writes from its chunks."""
+    return rows_to_parquet(ids, None, None, label, X, row_group_rows=TEST_ROW_GROUP_ROWS)
+
+
+def write_test_file(sink, chunks) -> None:
+    """Write the test file to ``sink`` from ``chunks`` of (ids, label, X), each
+    :data:`TEST_ROW_GROUP_ROWS` rows but the last: one row group each."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    for ids, label, X in chunks:
+        table = rows_table(ids, None, None, label, X)
+        if writer is None:
+            writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+        writer.write_table(table)
+    if writer is None:
+        raise ValueError("a test file needs at least one row")
+    writer.close()
+
+
+def rows_table(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.ndarray], label: np.ndarray,
+               X: np.ndarray):
+    """Rows as the Arrow table sisa's data files hold."""
+    import pyarrow as pa
 
     flat = np.ascontiguousarray(X.reshape(len(X), int(np.prod(X.shape[1:]))))
     width = flat.shape[1]
@@ -48,9 +104,7 @@ def rows_to_parquet(ids: np.ndarray, shard: Optional[int], slice_: Optional[np.n
         columns["slice"] = pa.array(slice_.astype(np.int32))
     columns["label"] = pa.array(label.astype(np.int64))
     columns["features"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer, compression="zstd")
-    return buffer.getvalue()
+    return pa.table(columns)
 
 
 def parquet_to_rows(data: bytes, shape: tuple[int, ...], dtype: str) -> ShardRows:

@@ -178,7 +178,9 @@ def test_shard_files_hold_id_shard_slice_label_features(tmp_path, table_file):
     ("id,label,x\n1,0,1\n,1,2\n", (), "missing values"),
     ("id,x\n1,1\n2,2\n", (), "no label column 'label'"),
     ("id,label,x\n1,0,1\n2,1,oops\n", (), "not numeric"),
-    ("id,label,x\n1,0,1\n2,1,nan\n", (), "NaN"),
+    ("id,label,x\n1,0,1\n2,1,nan\n", ("--shards", "1", "--slices", "1"), "NaN"),
+    # found while the rows are written (features are streamed), still before anything is kept
+    ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(40)) + "40,0,inf\n", (), "NaN"),
     ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(6)), ("--shards", "50"),
      "more shards than samples"),
     ("id,label,x\n" + "".join(f"{i},{i % 2},{i}\n" for i in range(40)), ("--shards", "2", "--slices", "30"),
