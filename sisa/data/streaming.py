@@ -54,12 +54,8 @@ class StreamedFeatures:
         return replace(self, rows=self.rows[index], ids=self.ids[index])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """All the rows, read now (for the few callers that need the features in memory)."""
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="sisa-") as scratch:
-            [X] = list(take_runs([(self, np.arange(len(self)), np.array([0, len(self)]))], scratch)[0])
-        return X if dtype is None else X.astype(dtype)
+        raise TypeError("features left in their file are read with take_runs (into a scratch folder "
+                        "of the workspace), never turned into an array by the way")
 
 
 def take_runs(requests: Sequence[tuple[Any, np.ndarray, np.ndarray]],
@@ -130,8 +126,7 @@ def _spill(requests: list[tuple[StreamedFeatures, np.ndarray, np.ndarray]],
         cuts = np.flatnonzero(np.diff(run[chosen])) + 1
         for part in np.split(np.arange(len(chosen)), cuts):
             if len(part):
-                with open(paths[run[chosen[part[0]]]], "ab") as f:
-                    f.write(rows[part].tobytes())
+                _append(paths[run[chosen[part[0]]]], rows[part].tobytes())
         start = stop
     if len(position) and start <= position.max():
         raise SisaError(f"{source.what} has fewer rows than when it was first read ({start}); "
@@ -142,6 +137,18 @@ def _spill(requests: list[tuple[StreamedFeatures, np.ndarray, np.ndarray]],
         results.append(_read_back(paths[first:first + count], sizes[first:first + count], record, row_shape))
         first += count
     return results
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append to a spill file, created 0600 (it holds personal data), never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _read_back(paths: list[Path], sizes: list[int], record: np.dtype, row_shape: tuple[int, ...]) -> Iterator[np.ndarray]:

@@ -94,13 +94,17 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
     if exact and extra:
         raise SisaError(f"{what}: column(s) {preview(extra)} are not feature columns of the workspace "
                         f"(a training would take them for features); drop them first")
+    y = _labels(arrow.column(options.label_col), what, options.label_col) if has_labels else None
     if stream:
-        source = _TableFeatures(kind, str(path), options, tuple(features), what, ids.dtype == object)
-        source.check_types(_read_arrow(kind, path, options, what, list(features), first_block=True))
+        first = _read_arrow(kind, path, options, what, list(features), first_block=True)
+        _features(first.slice(0, 0), features, 0, what)  # a column that is not numeric, before any row is read
+        types = {name: first.schema.field(name).type for name in features}
+        if has_labels:
+            types[options.label_col] = arrow.schema.field(options.label_col).type
+        source = _TableFeatures(kind, str(path), options, tuple(features), what, ids, y, types)
         X: Any = StreamedFeatures(source, np.arange(len(ids)), ids)
     else:
         X = _features(arrow, features, len(ids), what)
-    y = _labels(arrow.column(options.label_col), what, options.label_col) if has_labels else None
     return Table(ids, X, y), features
 
 
@@ -110,48 +114,79 @@ STREAM_CSV_BLOCK_BYTES = 1 << 20
 """Bytes of a CSV table read at a time when its features are streamed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _TableFeatures:
     """The feature columns of a CSV or Parquet file, read a batch at a time
-    (:class:`~sisa.data.streaming.FeatureSource`)."""
+    (:class:`~sisa.data.streaming.FeatureSource`). Every batch's ids and labels must be those
+    the first read gave (``ids``, ``labels``: the whole file's), row for row: a file changed
+    in between is refused, never trained as a mix of two versions."""
 
     kind: str
     path: str
     options: LoadOptions
     features: tuple[str, ...]
     what: str
-    text_ids: bool
+    ids: np.ndarray
+    labels: Optional[np.ndarray]
+    types: dict
+    """Arrow types of the feature columns (from a CSV's first block) and of the label column."""
 
     @property
     def row_shape(self) -> tuple[int, ...]:
         return (len(self.features),)
 
-    def check_types(self, arrow) -> None:
-        """Refuse a feature column that is not numeric before any row is read."""
-        _features(arrow.slice(0, 0), list(self.features), 0, self.what)
-
     def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         import pyarrow as pa
 
-        columns = [self.options.id_col, *self.features]
+        label_col = self.options.label_col if self.labels is not None else None
+        columns = [self.options.id_col, *([label_col] if label_col else []), *self.features]
+        start = 0
         try:
-            for batch in _arrow_batches(self.kind, self.path, self.options, columns):
+            for batch in _arrow_batches(self.kind, self.path, self.options, columns, self._csv_types()):
                 table = pa.Table.from_batches([batch])
-                yield (_batch_ids(table.column(self.options.id_col), self.text_ids),
-                       _features(table, list(self.features), table.num_rows, self.what))
-        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+                stop = start + table.num_rows
+                what = f"{self.what} (rows {start}-{stop - 1})"
+                if sorted(table.schema.names) != sorted(columns) or stop > len(self.ids) \
+                        or not np.array_equal(_batch_ids(table.column(self.options.id_col), self.ids.dtype), self.ids[start:stop]) \
+                        or (label_col and not np.array_equal(_labels(table.column(label_col), what, label_col),
+                                                             self.labels[start:stop])):
+                    raise SisaError(f"{self.what} changed while it was being read (its columns, ids or labels "
+                                    f"are not those read first); nothing was written to the workspace")
+                yield self.ids[start:stop], _features(table, list(self.features), table.num_rows, what)
+                start = stop
+        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError, UnicodeDecodeError) as exc:
             raise SisaError(f"cannot read {self.what} ({self.path}): {exc}") from None
+        if start != len(self.ids):
+            raise SisaError(f"{self.what} has {start} rows where it had {len(self.ids)} when first read; it "
+                            f"changed while it was being read, and nothing was written to the workspace")
+
+    def _csv_types(self) -> dict:
+        """A CSV's column types for the second read: the label's as the whole file gave it;
+        numeric features as float64, whatever a first block of integers or empty cells
+        suggests (sisa trains on them as floats anyway), so a later 1.5 still reads."""
+        import pyarrow as pa
+
+        if self.kind != "csv":
+            return {}
+        widened = {name: pa.float64() if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t))
+                   else t for name, t in self.types.items() if name in self.features}
+        if self.labels is not None:
+            widened[self.options.label_col] = self.types[self.options.label_col]
+        return widened
 
 
-def _batch_ids(column, text: bool) -> np.ndarray:
-    """A batch's ids as :func:`_ids` gave them for the whole column (already checked there)."""
+def _batch_ids(column, dtype: np.dtype) -> np.ndarray:
+    """A batch's ids of the kind :func:`_ids` gave for the whole column (compared with them)."""
     import pyarrow as pa
 
-    if text:
+    if dtype == object:
         return np.asarray(column.to_pylist(), dtype=object)
     if pa.types.is_integer(column.type):
         return column.to_numpy().astype(np.int64)
-    return column.cast(pa.int64()).to_numpy()  # CSV ids read as text, all plain integers
+    try:
+        return column.cast(pa.int64()).to_numpy()  # CSV ids read as text, all plain integers at first
+    except pa.ArrowInvalid:
+        return np.asarray(column.to_pylist(), dtype=object)  # not now: differs from the ids read first
 
 
 def _column_names(kind: str, path: Optional[str], options: LoadOptions, what: str) -> list[str]:
@@ -174,19 +209,20 @@ def _check_path(kind: str, path: Optional[str], what: str) -> None:
         raise SisaError(f"{what}: no such file: {path}")
 
 
-def _arrow_batches(kind: str, path: str, options: LoadOptions, columns: list[str]):
+def _arrow_batches(kind: str, path: str, options: LoadOptions, columns: list[str], types: dict):
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     if kind == "csv":
+        convert = pcsv.ConvertOptions(column_types={**types, options.id_col: pa.string()}, include_columns=columns)
         yield from pcsv.open_csv(path, read_options=pcsv.ReadOptions(use_threads=ARROW_THREADS,
                                                                      block_size=STREAM_CSV_BLOCK_BYTES),
-                                 convert_options=pcsv.ConvertOptions(column_types={options.id_col: pa.string()},
-                                                                     include_columns=columns))
+                                 convert_options=convert)
     else:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns,
-                                                     use_threads=ARROW_THREADS)
+        # pre_buffer would keep every row group's bytes read so far (memory growing with the file)
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=STREAM_BATCH_ROWS, columns=columns,
+                                                                       use_threads=ARROW_THREADS)
 
 
 def _read_arrow(kind: str, path: Optional[str], options: LoadOptions, what: str,

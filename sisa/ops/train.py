@@ -29,7 +29,7 @@ from sisa.training.executors import Executor, accept_result, make_executor
 from sisa.training.jobs import Progress, ShardJob
 from sisa.workspace.files import Workspace
 from sisa.workspace.ledger import Ledger, carry, read_ledger
-from sisa.workspace.lock import workspace_lock
+from sisa.workspace.lock import LOCK_NAME, workspace_lock
 from sisa.workspace.manifest import (
     CheckpointsManifest,
     DataFile,
@@ -57,8 +57,10 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
                     discard_deletions: bool = False) -> dict[str, Any]:
     """Partition ``dataset`` into ``workdir``'s shards, train every shard and record it all.
 
-    Everything that can be wrong with the input is checked before the first file is written,
-    so bad input leaves the folder as it was. The new workspace is built beside the old one
+    Everything that can be wrong with the input is checked before the first file is kept, so
+    bad input leaves the folder as it was (features a source left in its file are checked as
+    they are written to the staging folder, which is then removed, with the workdir when this
+    call made it). The new workspace is built beside the old one
     and swapped in only when complete (:mod:`sisa.workspace.staging`): an interrupted ``force`` keeps
     the old workspace. The deletion ledger carries over: ids deleted earlier are left out of
     the new training (unless ``discard_deletions``, which trains on them again).
@@ -67,6 +69,28 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     started = time.perf_counter()
     workspace = Workspace(workdir)
     _check_input(workspace, dataset, settings, force=force)
+    made = not workspace.root.exists() and not workspace.root.is_symlink()
+    try:
+        return _train(workspace, dataset, settings, executor=executor, force=force, progress=progress,
+                      source=source, discard_deletions=discard_deletions, started=started)
+    except BaseException:
+        if made:
+            _remove_if_only_lock(workspace)
+        raise
+
+
+def _remove_if_only_lock(workspace: Workspace) -> None:
+    """Remove the workdir a failed first training made, when nothing but its lock file is in it."""
+    try:
+        if [p.name for p in workspace.root.iterdir()] in ([], [LOCK_NAME]):
+            (workspace.root / LOCK_NAME).unlink(missing_ok=True)
+            workspace.root.rmdir()
+    except OSError:
+        pass
+
+
+def _train(workspace: Workspace, dataset: Dataset, settings: Settings, *, executor, force: bool, progress,
+           source, discard_deletions: bool, started: float) -> dict[str, Any]:
     with workspace_lock(workspace.root, exclusive=True):
         finish_swap(workspace)
         _refuse_existing(workspace, force)  # again, now that no other process can be writing

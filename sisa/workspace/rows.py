@@ -120,7 +120,8 @@ def parquet_batches(data: bytes, shape: tuple[int, ...], dtype: str, batch_rows:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=batch_rows, use_threads=ARROW_THREADS):
+    reader = pq.ParquetFile(io.BytesIO(data), pre_buffer=False)  # pre_buffer keeps what it read
+    for batch in reader.iter_batches(batch_size=batch_rows, use_threads=ARROW_THREADS):
         yield _arrow_rows(pa.Table.from_batches([batch]), shape, dtype)
 
 
