@@ -16,14 +16,18 @@ from sisa.errors import SisaError
 class Predict(Subcommand):
     name = "predict"
     help = "predict labels and probabilities for new rows"
-    description = ("Predict with the ensemble. Tables need the training feature columns (an id column "
-                   "is optional); built-in datasets give their test split.")
+    description = ("Predict with the ensemble. Tables need the training feature columns and the "
+                   "workspace's id column (or --no-ids); built-in datasets give their test split. The "
+                   "output's id and label columns are named as the training data's were.")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--input", required=True, metavar="SPEC",
-                       help="csv:PATH, parquet:PATH (or a .csv/.parquet path) or a dataset name")
+                       help="csv:PATH, parquet:PATH (or a .csv/.parquet path), a dataset name, or - "
+                            "for CSV on standard input (parquet:- for Parquet)")
         p.add_argument("--output", metavar="PATH",
                        help="write .csv, .parquet or .json here instead of CSV on stdout")
+        p.add_argument("--no-ids", action="store_true",
+                       help="the input table has no id column: number its rows 0, 1, ... in the output")
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
@@ -43,7 +47,17 @@ class Predict(Subcommand):
                        feature_names=ensemble.feature_names)
         options = LoadOptions(data.source_value("id_col", "id"), data.source_value("label_col", "label"),
                               data.source_value("test_fraction", 0.2), data.source_value("image_size"))
-        rows = load_rows(args.input, like, options, need_labels=False, what="input", need_ids=False)
+        try:
+            rows = load_rows("csv:-" if args.input == "-" else args.input, like, options, need_labels=False, what="input", need_ids=not args.no_ids)
+        except SisaError as exc:
+            if "no id column" not in str(exc):
+                raise
+            raise SisaError(f"{str(exc).split('; name it')[0]}: name the rows with the workspace's id column, "
+                            f"or pass --no-ids to number them 0, 1, ...") from None
+        if args.no_ids:
+            import numpy as np
+
+            rows.ids = np.arange(len(rows.ids), dtype=np.int64)
         proba = ensemble.predict_proba(rows.X)
         classes = ensemble.classes
         labels = [classes[i] for i in proba.argmax(axis=1)]
@@ -53,7 +67,7 @@ class Predict(Subcommand):
             json.dump(result, sys.stdout)
             sys.stdout.write("\n")
             return 0
-        table = _table(ids, labels, classes, proba)
+        table = _table(ids, labels, classes, proba, options.id_col, options.label_col)
         if args.output:
             path = Path(args.output)
             _refuse_workspace_path(path, Path(args.workdir))
@@ -91,10 +105,11 @@ def _refuse_workspace_path(path: Path, workdir: Path) -> None:
         raise SisaError(f"--output {path} would overwrite one of sisa's files; write it somewhere else")
 
 
-def _table(ids, labels, classes, proba):
+def _table(ids, labels, classes, proba, id_col: str, label_col: str):
+    """The predictions as a table whose id and label columns are named as the training data's."""
     import pyarrow as pa
 
-    columns = {"id": pa.array(ids), "label": pa.array(labels)}
+    columns = {id_col: pa.array(ids), label_col: pa.array(labels)}
     for j, c in enumerate(classes):
         columns[f"proba_{c}"] = pa.array(proba[:, j])
     return pa.table(columns)

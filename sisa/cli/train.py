@@ -48,6 +48,14 @@ class Train(Subcommand):
         dataset, settings = dataset_and_settings(args, _recorded(args), stream=True)
         executor = executor_from(args, env)
 
+        def announce(plan: dict) -> None:
+            rows = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo)
+                             for lo, hi in zip(plan["slice_rows_min"], plan["slice_rows_max"]))
+            info(f"plan: {settings.shards} shards x {settings.slices} slices; rows of each slice {rows}; "
+                 f"epochs of each slice {', '.join(map(str, plan['epochs']))}")
+            if plan["small"]:
+                info(f"warning: {plan['small']}")
+
         def progress(record) -> None:
             info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
                  f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
@@ -63,7 +71,7 @@ class Train(Subcommand):
                         "test_fraction": args.test_fraction,
                         "image_size": list(dataset.shape[1:]) if dataset.spec.startswith("imagefolder:")
                         else None},
-                discard_deletions=args.discard_deletions)
+                discard_deletions=args.discard_deletions, announce=announce)
         return self._report(args, dataset, settings, summary)
 
     @staticmethod

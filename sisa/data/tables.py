@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -64,7 +65,10 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
     columns besides the id and label may be there, as for rows that will be trained on).
 
     With ``stream`` only the ids and labels are read now; the features stay in the file
-    (:class:`~sisa.data.streaming.StreamedFeatures`) and are checked as they are read."""
+    (:class:`~sisa.data.streaming.StreamedFeatures`) and are checked as they are read. A
+    ``path`` of ``-`` is standard input, read whole (never streamed)."""
+    if path == "-":
+        path, stream = sys.stdin.buffer.read(), False
     columns = _column_names(kind, path, options, what)
     doubled = sorted({c for c in columns if columns.count(c) > 1})
     if doubled:
@@ -197,12 +201,21 @@ def _column_names(kind: str, path: Optional[str], options: LoadOptions, what: st
 
     _check_path(kind, path, what)
     try:
-        return pq.read_schema(path).names
+        return pq.read_schema(_opened(path)).names
     except (pa.ArrowInvalid, OSError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
 
 
-def _check_path(kind: str, path: Optional[str], what: str) -> None:
+def _opened(path):
+    """``path`` as Arrow reads it: a file name, or a fresh reader over bytes (standard input)."""
+    import pyarrow as pa
+
+    return pa.BufferReader(path) if isinstance(path, bytes) else path
+
+
+def _check_path(kind: str, path, what: str) -> None:
+    if isinstance(path, bytes):
+        return
     if not path:
         raise SisaError(f"{kind} needs a path: {kind}:PATH")
     if not os.path.isfile(path):
@@ -242,14 +255,14 @@ def _read_arrow(kind: str, path: Optional[str], options: LoadOptions, what: str,
             convert = pcsv.ConvertOptions(column_types={options.id_col: pa.string()}, include_columns=columns)
             read = pcsv.ReadOptions(use_threads=ARROW_THREADS)
             if first_block:
-                reader = pcsv.open_csv(path, read_options=read, convert_options=convert)
+                reader = pcsv.open_csv(_opened(path), read_options=read, convert_options=convert)
                 batch = next(iter(reader), None)
                 return reader.schema.empty_table() if batch is None else pa.Table.from_batches([batch])
-            return pcsv.read_csv(path, read_options=read, convert_options=convert)
+            return pcsv.read_csv(_opened(path), read_options=read, convert_options=convert)
         if first_block:  # no rows: the columns and their types
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(_opened(path))
             return schema.empty_table().select(columns if columns is not None else schema.names)
-        return pq.read_table(path, columns=columns, use_threads=ARROW_THREADS)
+        return pq.read_table(_opened(path), columns=columns, use_threads=ARROW_THREADS)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise SisaError(f"cannot read {what} ({path}): {exc}") from None
 

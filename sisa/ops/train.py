@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -54,7 +54,8 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
                     executor: Optional[Executor] = None, force: bool = False,
                     progress: Optional[Progress] = None,
                     source: Optional[dict[str, Any]] = None,
-                    discard_deletions: bool = False) -> dict[str, Any]:
+                    discard_deletions: bool = False,
+                    announce: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     """Partition ``dataset`` into ``workdir``'s shards, train every shard and record it all.
 
     Everything that can be wrong with the input is checked before the first file is kept, so
@@ -64,7 +65,8 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     and swapped in only when complete (:mod:`sisa.workspace.staging`): an interrupted ``force`` keeps
     the old workspace. The deletion ledger carries over: ids deleted earlier are left out of
     the new training (unless ``discard_deletions``, which trains on them again).
-    Returns a summary (seconds, test accuracy, rows excluded...).
+    ``announce`` is given the plan (:func:`slice_plan`) once the rows are partitioned, before
+    anything is trained. Returns a summary (seconds, test accuracy, rows excluded, the plan...).
     """
     started = time.perf_counter()
     workspace = Workspace(workdir)
@@ -72,7 +74,7 @@ def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *
     made = not workspace.root.exists() and not workspace.root.is_symlink()
     try:
         return _train(workspace, dataset, settings, executor=executor, force=force, progress=progress,
-                      source=source, discard_deletions=discard_deletions, started=started)
+                      source=source, discard_deletions=discard_deletions, started=started, announce=announce)
     except BaseException:
         if made:
             _remove_if_only_lock(workspace)
@@ -90,7 +92,7 @@ def _remove_if_only_lock(workspace: Workspace) -> None:
 
 
 def _train(workspace: Workspace, dataset: Dataset, settings: Settings, *, executor, force: bool, progress,
-           source, discard_deletions: bool, started: float) -> dict[str, Any]:
+           source, discard_deletions: bool, started: float, announce) -> dict[str, Any]:
     with workspace_lock(workspace.root, exclusive=True):
         finish_swap(workspace)
         _refuse_existing(workspace, force)  # again, now that no other process can be writing
@@ -104,6 +106,9 @@ def _train(workspace: Workspace, dataset: Dataset, settings: Settings, *, execut
         test_labels = dataset.label_index(test.y, "test data") if test is not None and len(test) else None
         assignment = assign(train.ids, seed=settings.seed, shards=settings.shards, slices=settings.slices)
         counts = check_sizes(assignment, shards=settings.shards, slices=settings.slices)
+        plan = slice_plan(counts, settings)
+        if announce is not None:
+            announce(plan)
         given = _Input(dataset, settings, assignment, counts, labels, test_labels, dict(source or {}))
         records, summary_extra = _write_and_train(
             workspace, given, executor=executor, progress=progress,
@@ -113,9 +118,29 @@ def _train(workspace: Workspace, dataset: Dataset, settings: Settings, *, execut
                "excluded_deleted": excluded, "deletions_discarded": bool(discard_deletions),
                # a vectorised group's slice seconds count once, not once per shard trained in it
                "train_seconds": round(sum(r.seconds / (r.shared_by or 1) for r in records), 3),
-               **summary_extra}
+               "plan": plan, **summary_extra}
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
+
+
+def slice_plan(counts: np.ndarray, settings: Settings) -> dict[str, Any]:
+    """What each slice will train: its own rows (fewest and most over the shards), the rows it
+    trains on (slices 0..r), its epochs; and ``small``, a warning when a shard's slice holds
+    fewer rows than one batch (a checkpoint that learns from a few rows, and a deletion that
+    saves little), else None.
+
+    >>> slice_plan(np.array([[10, 11], [9, 12]]), Settings(shards=2, slices=2, batch_size=32))["small"][:40]
+    'slices of 9-12 rows are smaller than one'
+    """
+    own = counts[counts.sum(axis=1) > 0]  # shards without rows have no model
+    plan = {"slice_rows_min": own.min(axis=0).tolist(), "slice_rows_max": own.max(axis=0).tolist(),
+            "trained_rows_mean": np.cumsum(own, axis=1).mean(axis=0).round(1).tolist(),
+            "epochs": list(settings.slice_epochs()), "small": None}
+    if own.min() < settings.batch_size:
+        plan["small"] = (f"slices of {int(own.min())}-{int(own.max())} rows are smaller than one batch "
+                         f"({settings.batch_size} rows): each checkpoint adds little, and a deletion saves "
+                         f"little over retraining the shard; use fewer slices (--slices) or shards (--shards)")
+    return plan
 
 
 def _check_input(workspace: Workspace, dataset: Dataset, settings: Settings, *, force: bool) -> None:

@@ -119,17 +119,20 @@ def test_predict_tables_in_every_output_format(tmp_path, table_file):
     assert run_cli("train", "--data", f"parquet:{data}", "--workdir", ws, *FAST).code == 0
     new = make_table(n=20, seed=0).drop(["id", "label"])  # no id or label: rows are numbered
     pq.write_table(new, tmp_path / "new.parquet")
-    out = run_cli("predict", "--workdir", ws, "--input", f"parquet:{tmp_path / 'new.parquet'}", "--json")
+    refused = run_cli("predict", "--workdir", ws, "--input", f"parquet:{tmp_path / 'new.parquet'}")
+    assert refused.code == 1 and "no id column 'id'" in refused.err and not refused.out
+    out = run_cli("predict", "--workdir", ws, "--input", f"parquet:{tmp_path / 'new.parquet'}", "--json", "--no-ids")
     assert out.code == 0
     result = out.json
     assert result["ids"] == list(range(20)) and len(result["labels"]) == 20
     assert np.allclose(np.sum(result["probabilities"], axis=1), 1, atol=1e-5)
     assert set(result["labels"]) <= {0, 1, 2}
-    csv = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet")
+    csv = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet", "--no-ids")
     assert csv.out.splitlines()[0] == '"id","label","proba_0","proba_1","proba_2"'
     for suffix in ("csv", "parquet", "json"):
         target = tmp_path / f"pred.{suffix}"
-        done = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet", "--output", target)
+        done = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet", "--output", target,
+                       "--no-ids")
         assert done.code == 0 and target.exists() and "wrote 20 predictions" in done.err
     assert pq.read_table(tmp_path / "pred.parquet").column("label").to_pylist() == result["labels"]
     missing = make_table(n=5).drop(["f3"])
@@ -331,3 +334,39 @@ def test_repeatable_options_still_add_up(small_trained, tmp_path):
     ids = training_ids(ws)[:2]
     result = run_cli("delete", "--workdir", ws, "--ids", ids[0], "--ids", ids[1], "--json")
     assert result.code == 0 and sorted(result.json["deleted"]) == sorted(ids)
+
+
+def test_predict_names_its_columns_as_the_training_data_did(tmp_path):
+    table = make_table(n=200).rename_columns(["user", "y", *[f"f{j}" for j in range(6)]])
+    pq.write_table(table, tmp_path / "train.parquet")
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{tmp_path / 'train.parquet'}", "--id-col", "user",
+                   "--label-col", "y", "--workdir", ws, *FAST).code == 0
+    pq.write_table(table.slice(0, 5).drop(["y"]), tmp_path / "new.parquet")
+    out = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.parquet")
+    assert out.code == 0 and out.out.splitlines()[0] == '"user","y","proba_0","proba_1","proba_2"'
+    assert out.out.splitlines()[1].startswith("1000,")
+    pq.write_table(table.slice(0, 5).drop(["user", "y"]), tmp_path / "anon.parquet")
+    refused = run_cli("predict", "--workdir", ws, "--input", tmp_path / "anon.parquet")
+    assert refused.code == 1 and "no id column 'user'" in refused.err and "--no-ids" in refused.err
+
+
+def test_predict_reads_standard_input(tmp_path, table_file, monkeypatch):
+    import io
+    import sys
+
+    import pyarrow.csv as pcsv
+
+    ws = tmp_path / "ws"
+    assert run_cli("train", "--data", f"parquet:{table_file('train.parquet', n=300)}", "--workdir", ws, *FAST).code == 0
+    new = make_table(n=7, seed=1).drop(["label"])
+    pcsv.write_csv(new, tmp_path / "new.csv")
+    pq.write_table(new, tmp_path / "new.parquet")
+    from_file = run_cli("predict", "--workdir", ws, "--input", tmp_path / "new.csv", "--json").json
+    assert len(from_file["ids"]) == 7
+    for spec, name in (("-", "new.csv"), ("parquet:-", "new.parquet")):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((tmp_path / name).read_bytes())))
+        assert run_cli("predict", "--workdir", ws, "--input", spec, "--json").json == from_file
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    empty = run_cli("predict", "--workdir", ws, "--input", "-")
+    assert empty.code == 1 and "Traceback" not in empty.err

@@ -180,3 +180,20 @@ def test_evaluation_in_batches_equals_scoring_the_whole_test_set(small_trained):
         assert result["n_test"] == len(rows.label)
         assert result["accuracy"] == float(np.mean(expected))
         assert result["shard_accuracy"] == [float(np.mean(p.argmax(1) == rows.label)) for p in probas]
+
+
+def test_train_shows_the_slice_plan_and_warns_of_slices_smaller_than_a_batch(tmp_path, table_file):
+    import json
+
+    path = table_file()
+    small = run_cli("train", "--data", f"parquet:{path}", "--workdir", tmp_path / "small",
+                    "--shards", "10", "--slices", "4", "--epochs", "1", "--batch-size", "16")
+    assert small.code == 0
+    assert "plan: 10 shards x 4 slices; rows of each slice" in small.err
+    assert "smaller than one batch (16 rows)" in small.err and "use fewer slices" in small.err
+    fine = run_cli("train", "--data", f"parquet:{path}", "--workdir", tmp_path / "fine", "--json",
+                   "--shards", "2", "--slices", "2", "--epochs", "1", "--batch-size", "8")
+    plan = json.loads(fine.out)["plan"]
+    assert plan["small"] is None and "warning" not in fine.err
+    assert plan["epochs"] == [1, 1] and len(plan["slice_rows_min"]) == 2
+    assert min(plan["slice_rows_min"]) >= 8 and plan["trained_rows_mean"][1] > plan["trained_rows_mean"][0]
