@@ -47,13 +47,10 @@ class Predict(Subcommand):
                        feature_names=ensemble.feature_names)
         options = LoadOptions(data.source_value("id_col", "id"), data.source_value("label_col", "label"),
                               data.source_value("test_fraction", 0.2), data.source_value("image_size"))
-        try:
-            rows = load_rows("csv:-" if args.input == "-" else args.input, like, options, need_labels=False, what="input", need_ids=not args.no_ids)
-        except SisaError as exc:
-            if "no id column" not in str(exc):
-                raise
-            raise SisaError(f"{str(exc).split('; name it')[0]}: name the rows with the workspace's id column, "
-                            f"or pass --no-ids to number them 0, 1, ...") from None
+        rows = load_rows("csv:-" if args.input == "-" else args.input, like, options, need_labels=False,
+                         what="input", need_ids=not args.no_ids,
+                         ids_hint="name the rows with the workspace's id column, or pass --no-ids to number "
+                                  "them 0, 1, ...")
         if args.no_ids:
             import numpy as np
 

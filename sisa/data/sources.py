@@ -101,7 +101,7 @@ def load(spec: str, *, id_col: str = "id", label_col: str = "label",
 
 
 def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bool,
-              what: str, need_ids: bool = True) -> Table:
+              what: str, need_ids: bool = True, ids_hint: str = "name it with --id-col") -> Table:
     """Rows of ``spec`` shaped like ``like``'s training rows (for test data and prediction).
 
     Tables are matched by feature name; the built-in datasets give their test split; an image
@@ -112,7 +112,8 @@ def load_rows(spec: str, like: Dataset, options: LoadOptions, *, need_labels: bo
         if like.feature_names is None:
             raise SisaError(f"{what} {spec} is a table, but the model was trained on {like.spec} images")
         table, _ = tables.read_table(name, arg, options, need_labels=need_labels, what=what,
-                                     features=like.feature_names, need_ids=need_ids, stream=options.stream)
+                                     features=like.feature_names, need_ids=need_ids, stream=options.stream,
+                                     ids_hint=ids_hint)
     elif name == "imagefolder":
         table = _folder_rows(spec, arg, like, options, what)
     else:

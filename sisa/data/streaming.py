@@ -22,22 +22,21 @@ from sisa.errors import SisaError
 
 
 class FeatureSource(Protocol):
-    """A file's rows in file order: ``batches()`` yields (ids, features) of consecutive rows."""
+    """A file's rows in file order: ``batches()`` yields the features of consecutive rows,
+    having checked that the file still holds the rows it held when first read."""
 
     what: str
     row_shape: tuple[int, ...]
 
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def batches(self) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
 class StreamedFeatures:
-    """The features of a table's rows, left in ``source``: row ``i`` is the file's row
-    ``rows[i]`` (whose id is ``ids[i]``, checked when the features are read)."""
+    """The features of a table's rows, left in ``source``: row ``i`` is the file's row ``rows[i]``."""
 
     source: FeatureSource
     rows: np.ndarray
-    ids: np.ndarray
     dtype: np.dtype = np.dtype(np.float32)
 
     @property
@@ -51,7 +50,7 @@ class StreamedFeatures:
         index = np.asarray(index)
         if index.dtype != bool and index.dtype.kind not in "iu":
             raise TypeError("streamed features are selected by a boolean mask or an index array")
-        return replace(self, rows=self.rows[index], ids=self.ids[index])
+        return replace(self, rows=self.rows[index])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise TypeError("features left in their file are read with take_runs (into a scratch folder "
@@ -97,29 +96,25 @@ def _spill(requests: list[tuple[StreamedFeatures, np.ndarray, np.ndarray]],
     source = requests[0][0].source
     row_shape = tuple(source.row_shape)
     record = np.dtype([("at", np.int64), ("x", np.float32, row_shape)])
-    position, run, at, ids, sizes = [], [], [], [], []
+    position, run, at, sizes = [], [], [], []
     for X, order, bounds in requests:
         lengths = np.diff(bounds)
         position.append(X.rows[order])
-        ids.append(X.ids[order])
         run.append(np.repeat(np.arange(len(lengths)) + len(sizes), lengths))
         at.append(np.arange(bounds[-1] - bounds[0]) - np.repeat(bounds[:-1] - bounds[0], lengths))
         sizes.extend(int(n) for n in lengths)
-    position, run, at, ids = (np.concatenate(a) for a in (position, run, at, ids))
+    position, run, at = (np.concatenate(a) for a in (position, run, at))
     if len(np.unique(position)) != len(position):
         raise ValueError("a source row was asked for twice")
     by_position = np.argsort(position, kind="stable")
     folder = Path(tempfile.mkdtemp(prefix="spill-", dir=scratch))
     paths = [folder / f"run-{k}" for k in range(len(sizes))]
     start = 0
-    for batch_ids, batch in source.batches():
+    for batch in source.batches():
         stop = start + len(batch)
         lo, hi = np.searchsorted(position, [start, stop], sorter=by_position)
         chosen = by_position[lo:hi]
         chosen = chosen[np.argsort(run[chosen], kind="stable")]
-        if not np.array_equal(batch_ids[position[chosen] - start], ids[chosen]):
-            raise SisaError(f"{source.what} changed while it was being read (its ids are not those read "
-                            f"first); nothing was written to the workspace")
         rows = np.empty(len(chosen), dtype=record)
         rows["at"] = at[chosen]
         rows["x"] = batch[position[chosen] - start]

@@ -59,10 +59,12 @@ def table_dataset(kind: str, path: Optional[str], options: LoadOptions) -> Datas
 
 def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_labels: bool,
                what: str, features: Optional[list[str]] = None,
-               need_ids: bool = True, exact: bool = False, stream: bool = False) -> tuple[Table, list[str]]:
+               need_ids: bool = True, exact: bool = False, stream: bool = False,
+               ids_hint: str = "name it with --id-col") -> tuple[Table, list[str]]:
     """Read and validate a CSV or Parquet table; returns its rows and feature column names
     (``features`` when given: the columns a model was trained on; with ``exact``, no other
     columns besides the id and label may be there, as for rows that will be trained on).
+    ``ids_hint`` ends the message for a missing id column.
 
     With ``stream`` only the ids and labels are read now; the features stay in the file
     (:class:`~sisa.data.streaming.StreamedFeatures`) and are checked as they are read. A
@@ -86,7 +88,7 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
         ids = _ids(arrow.column(options.id_col), kind, what, options.id_col)
     elif need_ids:
         raise SisaError(f"{what}: no id column {options.id_col!r} (columns: {', '.join(columns)}); "
-                        f"name it with --id-col")
+                        f"{ids_hint}")
     else:
         ids = np.arange(arrow.num_rows, dtype=np.int64)
     has_labels = options.label_col in columns
@@ -106,7 +108,7 @@ def read_table(kind: str, path: Optional[str], options: LoadOptions, *, need_lab
         if has_labels:
             types[options.label_col] = arrow.schema.field(options.label_col).type
         source = _TableFeatures(kind, str(path), options, tuple(features), what, ids, y, types)
-        X: Any = StreamedFeatures(source, np.arange(len(ids)), ids)
+        X: Any = StreamedFeatures(source, np.arange(len(ids)))
     else:
         X = _features(arrow, features, len(ids), what)
     return Table(ids, X, y), features
@@ -139,7 +141,7 @@ class _TableFeatures:
     def row_shape(self) -> tuple[int, ...]:
         return (len(self.features),)
 
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(self) -> Iterator[np.ndarray]:
         import pyarrow as pa
 
         label_col = self.options.label_col if self.labels is not None else None
@@ -156,7 +158,7 @@ class _TableFeatures:
                                                              self.labels[start:stop])):
                     raise SisaError(f"{self.what} changed while it was being read (its columns, ids or labels "
                                     f"are not those read first); nothing was written to the workspace")
-                yield self.ids[start:stop], _features(table, list(self.features), table.num_rows, what)
+                yield _features(table, list(self.features), table.num_rows, what)
                 start = stop
         except (pa.ArrowInvalid, pa.ArrowKeyError, OSError, UnicodeDecodeError) as exc:
             raise SisaError(f"cannot read {self.what} ({self.path}): {exc}") from None
@@ -203,7 +205,12 @@ def _column_names(kind: str, path: Optional[str], options: LoadOptions, what: st
     try:
         return pq.read_schema(_opened(path)).names
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SisaError(f"cannot read {what} ({path}): {exc}") from None
+        raise SisaError(f"cannot read {what} ({_shown(path)}): {exc}") from None
+
+
+def _shown(path) -> str:
+    """``path`` for a message (standard input's bytes are never echoed)."""
+    return "standard input" if isinstance(path, bytes) else str(path)
 
 
 def _opened(path):
@@ -264,7 +271,7 @@ def _read_arrow(kind: str, path: Optional[str], options: LoadOptions, what: str,
             return schema.empty_table().select(columns if columns is not None else schema.names)
         return pq.read_table(_opened(path), columns=columns, use_threads=ARROW_THREADS)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise SisaError(f"cannot read {what} ({path}): {exc}") from None
+        raise SisaError(f"cannot read {what} ({_shown(path)}): {exc}") from None
 
 
 def _feature_columns(columns: list[str], options: LoadOptions, what: str,

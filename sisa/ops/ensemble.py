@@ -12,9 +12,9 @@ from sisa.models import check_source
 from sisa.training.jobs import DataSpec
 from sisa.training.numerics import deterministic_torch
 from sisa.training.slices import predict_probas
-from sisa.workspace.files import Workspace, sha256_bytes
-from sisa.workspace.manifest import CheckpointRecord, by_position
-from sisa.workspace.rows import ShardRows, parquet_batches, parquet_to_rows
+from sisa.workspace.files import Workspace, checked_data
+from sisa.workspace.manifest import CheckpointRecord, DataFile, by_position
+from sisa.workspace.rows import ShardRows, parquet_batches
 
 EVAL_BATCH_ROWS = 65536
 """Test rows :meth:`Ensemble.evaluate` scores at a time."""
@@ -93,19 +93,14 @@ class Ensemble:
 
     def test_rows(self) -> ShardRows:
         """The test rows, all at once (:meth:`evaluate` reads them a batch at a time)."""
-        return parquet_to_rows(self._test_bytes(), self.data.shape, self.data.dtype)
+        test = self._test_file()
+        return self.workspace.read_data_file(test.file, test.sha256, self.data.shape, self.data.dtype)
 
-    def _test_bytes(self) -> bytes:
-        """The test file's bytes, checked against its sha256 (decoded by the caller)."""
-        test = self.manifest.test
-        if not test:
+    def _test_file(self) -> DataFile:
+        if not self.manifest.test:
             raise SisaError("this workspace holds no test data; train with --test-data or evaluate "
                             "with predict")
-        data = self.workspace.read_data_bytes(test.file)
-        if sha256_bytes(data) != test.sha256:
-            raise SisaError(f"test file {self.workspace.shards_dir / test.file} does not match its recorded "
-                            f"sha256 (damaged or changed); `sisa repair --data SPEC` rewrites it")
-        return data
+        return self.manifest.test
 
     def evaluate(self, *, batch_rows: int = EVAL_BATCH_ROWS) -> dict[str, Any]:
         """Test accuracy of the ensemble and of each shard model. The test rows are read
@@ -117,8 +112,11 @@ class Ensemble:
         n, right, shard_right = 0, 0, np.zeros(len(records), dtype=np.int64)
         with deterministic_torch(self.settings):
             weights = [self.workspace.load_weights(record) for record in records]
-            for rows in parquet_batches(self._test_bytes(), self.data.shape, self.data.dtype, batch_rows):
-                probas = self._probas(np.array(rows.X, copy=True), weights)
+            test = self._test_file()
+            data = checked_data(self.workspace.read_data_bytes(test.file), test.sha256,
+                                self.workspace.shards_dir / test.file)
+            for rows in parquet_batches(data, self.data.shape, self.data.dtype, batch_rows):
+                probas = self._probas(rows.X, weights)  # predict_probas copies each batch it scores
                 ensemble = aggregate(self.settings.aggregation, probas, sizes)
                 n += len(rows.label)
                 right += int(np.count_nonzero(ensemble.argmax(1) == rows.label))

@@ -300,9 +300,10 @@ def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
     order = np.lexsort((assignment.key, assignment.slice, assignment.shard))
     bounds = np.concatenate([[0], np.cumsum(given.counts.reshape(-1))])
     requests = [(train.X, order, bounds)]
-    if given.test_labels is not None:
+    if given.test_labels is not None:  # the test rows in id order, a row group at a time
         test_order = id_order(test.ids)
-        requests.append((test.X, test_order, np.unique(np.r_[0:len(test):TEST_ROW_GROUP_ROWS, len(test)])))
+        test_bounds = np.unique(np.r_[0:len(test):TEST_ROW_GROUP_ROWS, len(test)])
+        requests.append((test.X, test_order, test_bounds))
     parts: dict[int, list[DataFile]] = {s: [] for s in range(settings.shards)}
     test_file = None
     with tempfile.TemporaryDirectory(prefix="scratch-", dir=stage.root) as scratch:
@@ -313,7 +314,7 @@ def _write_rows(stage: Workspace, given: _Input) -> WorkspaceManifest:
                 train.ids[rows], assignment.slice[rows], given.labels[rows], X)))
         if given.test_labels is not None:
             chunks = ((test.ids[rows], given.test_labels[rows], X.astype(dtype))
-                      for rows, X in zip(np.split(test_order, requests[1][2][1:-1]), runs[1]))
+                      for rows, X in zip(np.split(test_order, test_bounds[1:-1]), runs[1]))
             name, sha = stage.write_versioned_stream("test", lambda sink: write_test_file(sink, chunks))
             test_file = DataFile(file=name, sha256=sha, rows=int(len(test)), ids_sha256=ids_digest(test.ids))
     shards = [ShardData(shard=s, parts=tuple(parts[s])) for s in range(settings.shards)]

@@ -167,12 +167,10 @@ class _HashingSink(io.RawIOBase):
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        written = len(view)
         self.digest.update(view)
-        self.size += written
-        while view:
-            view = view[os.write(self.fd, view):]
-        return written
+        self.size += len(view)
+        _write_all(self.fd, view)
+        return len(view)
 
     def tell(self) -> int:
         return self.size
@@ -186,16 +184,22 @@ def _refuse_link_at(dir_fd: int, name: str, shown: os.PathLike | str) -> None:
 def _write_at(dir_fd: int, name: str, data: bytes, mode: int, shown: os.PathLike | str) -> None:
     """Write ``data`` to ``name`` in the folder ``dir_fd`` atomically: a new temporary file,
     fsync, rename over ``name`` (never a link), fsync of the folder."""
-    tmp, fd = _create_temporary(dir_fd, name, mode)
+    _commit_at(dir_fd, name, lambda fd: _write_all(fd, data), lambda: name, mode, Path(shown).parent)
+
+
+def _commit_at(dir_fd: int, temporary: str, write: Callable[[int], None], final_name: Callable[[], str],
+               mode: int, folder: os.PathLike | str) -> str:
+    """Write a new temporary file in the folder ``dir_fd`` with ``write``, fsync it, rename it to
+    ``final_name()`` (asked once it is written; never over a link) and fsync the folder."""
+    tmp, fd = _create_temporary(dir_fd, temporary, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
-        _refuse_link_at(dir_fd, name, shown)
+        name = final_name()
+        _refuse_link_at(dir_fd, name, Path(folder) / name)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # renames a link, never its target
     except BaseException:
         try:
@@ -204,6 +208,13 @@ def _write_at(dir_fd: int, name: str, data: bytes, mode: int, shown: os.PathLike
             pass
         raise
     os.fsync(dir_fd)
+    return name
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = True) -> None:
@@ -513,30 +524,19 @@ class Workspace:
     def write_versioned_stream(self, prefix: str, write: Callable[[BinaryIO], None]) -> tuple[str, str]:
         """:meth:`write_versioned` for a file too large to hold in memory: ``write`` writes it
         to the file object it is given (a temporary file, renamed once its sha256 is known)."""
+        sinks: list[_HashingSink] = []
+
+        def write_to(fd: int) -> None:
+            sinks.append(_HashingSink(fd))
+            write(sinks[0])
+
         fd_dir = self._open_folder(("shards",), create=True)
         try:
-            tmp, fd = _create_temporary(fd_dir, prefix, creation_modes()[0])
-            try:
-                try:
-                    sink = _HashingSink(fd)
-                    write(sink)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                sha = sink.digest.hexdigest()
-                name = f"{prefix}-{sha[:12]}.parquet"
-                _refuse_link_at(fd_dir, name, self.shards_dir / name)
-                os.replace(tmp, name, src_dir_fd=fd_dir, dst_dir_fd=fd_dir)
-            except BaseException:
-                try:
-                    os.unlink(tmp, dir_fd=fd_dir)
-                except OSError:
-                    pass
-                raise
-            os.fsync(fd_dir)
+            name = _commit_at(fd_dir, prefix, write_to, lambda: f"{prefix}-{sinks[0].digest.hexdigest()[:12]}.parquet",
+                              creation_modes()[0], self.shards_dir)
         finally:
             os.close(fd_dir)
-        return name, sha
+        return name, sinks[0].digest.hexdigest()
 
     def write_shard_slices(self, shard: int, slices: range, rows: ShardRows) -> tuple[DataFile, ...]:
         """Write one file per slice of ``slices`` with ``rows``' rows of that slice (rows in
@@ -679,9 +679,14 @@ def decode_checkpoint(data: bytes, name: str, sha256: str, record: CheckpointRec
 
 def decode_rows(data: bytes, sha256: str, shown: os.PathLike | str, shape, dtype: str) -> ShardRows:
     """The rows in a data file's bytes, after checking them against ``sha256``."""
+    return parquet_to_rows(checked_data(data, sha256, shown), tuple(shape), dtype)
+
+
+def checked_data(data: bytes, sha256: str, shown: os.PathLike | str) -> bytes:
+    """A data file's bytes, refused unless they match ``sha256``."""
     if sha256_bytes(data) != sha256:
         raise SisaError(f"shard file {shown} does not match its recorded sha256: it was changed or damaged")
-    return parquet_to_rows(data, tuple(shape), dtype)
+    return data
 
 
 def file_ids(workspace: Workspace, entry: DataFile | ShardData) -> tuple[np.ndarray, np.ndarray]:

@@ -370,3 +370,6 @@ def test_predict_reads_standard_input(tmp_path, table_file, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     empty = run_cli("predict", "--workdir", ws, "--input", "-")
     assert empty.code == 1 and "Traceback" not in empty.err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"secret-row-1,2,3" * 10)))
+    garbage = run_cli("predict", "--workdir", ws, "--input", "parquet:-")
+    assert garbage.code == 1 and "standard input" in garbage.err and "secret-row" not in garbage.err
