@@ -13,9 +13,10 @@ from typing import Any
 from sisa.errors import SisaError
 
 __version__ = "0.2.0"
-__all__ = ["SISAClassifier", "Settings", "SisaError", "train_workspace", "__version__"]
+__all__ = ["SISAClassifier", "Settings", "SisaError", "load_bundle", "train_workspace", "__version__"]
 
-_LAZY = {"SISAClassifier": "sisa.estimator", "train_workspace": "sisa.ops.train", "Settings": "sisa.settings"}
+_LAZY = {"SISAClassifier": "sisa.estimator", "train_workspace": "sisa.ops.train", "Settings": "sisa.settings",
+         "load_bundle": "sisa.ops.bundle"}
 
 
 def __getattr__(name: str) -> Any:

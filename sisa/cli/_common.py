@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator, Optional
 
 from sisa.cli.base import Environment
+from sisa.cli.progress import Bar, SliceLines, debug_logging, is_terminal
+from sisa.cli.progress import (
+    fmt_seconds as fmt_seconds,  # the commands' shared formatting
+)
 from sisa.errors import SisaError
 
 
@@ -70,8 +75,8 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group(
         "training settings", "defaults depend on the data where more than one is shown; deletions and "
-        "repairs retrain with the settings a workspace was trained with, but train --force starts from "
-        "these flags and defaults, not from the old workspace's settings or data")
+        "repairs retrain with the settings a workspace was trained with; train --force --data starts from "
+        "these flags and defaults, train --force without --data from the old workspace's settings and data")
     d = default_for
     group.add_argument("--shards", type=int, help=f"number of shards S (default {d('shards')})")
     group.add_argument("--slices", type=int, help=f"slices per shard R (default {d('slices')})")
@@ -176,11 +181,12 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def fmt_seconds(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+retrain_progress = SliceLines()
+"""One stderr line per retrained slice: the progress of pending work a command finishes first."""
 
 
-def finish_pending(args: argparse.Namespace, env: Environment, workspace, executor=None) -> list[int]:
+def finish_pending(args: argparse.Namespace, env: Environment, workspace, executor=None,
+                   progress=retrain_progress) -> list[int]:
     """:func:`sisa.ops.commit.complete_pending` under the command's lock options; like it, takes
     the exclusive lock only when there is something to finish (a read-only mount stays readable)."""
     from sisa.ops.commit import complete_pending, needs_recovery
@@ -188,7 +194,7 @@ def finish_pending(args: argparse.Namespace, env: Environment, workspace, execut
     if not needs_recovery(workspace):
         return []
     with locked(args, env, exclusive=True):
-        return complete_pending(workspace, executor=executor, progress=retrain_progress)
+        return complete_pending(workspace, executor=executor, progress=progress)
 
 
 def recover_first(args: argparse.Namespace, env: Environment) -> None:
@@ -207,9 +213,41 @@ def recover_first(args: argparse.Namespace, env: Environment) -> None:
         info(f"finished pending deletions first: retrained shard(s) {', '.join(map(str, shards))}")
 
 
-def retrain_progress(record) -> None:
-    info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
-         f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """``-q`` and ``-v`` of the commands that train (one or the other)."""
+    group = parser.add_argument_group(
+        "output", "while shards train, a terminal's stderr shows a bar (ETA, samples/s, the last epoch's loss), "
+                  "updated every epoch in this process and as each shard finishes under Ray; any other stderr "
+                  "gets one line per finished slice").add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress: no bar and no line per slice (warnings and errors still print)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="debug log on stderr (logger 'sisa', with time and level): the executor chosen, "
+                            "the shards planned, each slice's seconds, each checkpoint written")
+
+
+@contextlib.contextmanager
+def training_output(args: argparse.Namespace, *receivers: Any) -> Iterator[Any]:
+    """The progress a training command shows, as one receiver to pass as ``progress``:
+    a live bar when stderr is a terminal (per epoch in this process, per shard under Ray), else
+    one line per slice as always; nothing with ``-q``. ``-v`` logs debug records for the
+    block's duration. ``receivers`` (``--log-dir``'s log) hear everything too and are closed
+    at the end, as the bar is.
+
+    The bar and the log lines go to stderr only: ``--json`` keeps stdout one JSON object.
+    """
+    from sisa.training.jobs import Observers
+
+    display: Optional[Any] = None
+    if not getattr(args, "quiet", False):
+        display = Bar(sys.stderr) if is_terminal(sys.stderr) else SliceLines()
+    try:
+        with debug_logging(getattr(args, "verbose", False), display):
+            yield Observers(display, *receivers)
+    finally:
+        for receiver in (display, *receivers):
+            if receiver is not None:
+                receiver.close()
 
 
 def add_model_change_arg(parser: argparse.ArgumentParser) -> None:

@@ -9,12 +9,13 @@ from sisa.cli._common import (
     add_common,
     add_executor_args,
     add_model_change_arg,
+    add_output_args,
     emit,
     executor_from,
     fmt_seconds,
     info,
     locked,
-    retrain_progress,
+    training_output,
 )
 from sisa.cli.base import Environment, Subcommand
 
@@ -42,6 +43,7 @@ class Add(Subcommand):
         add_executor_args(p)
         add_model_change_arg(p)
         add_common(p)
+        add_output_args(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.data.batches import load_batch
@@ -57,8 +59,9 @@ class Add(Subcommand):
         executor = executor_from(args, env)
         with locked(args, env, exclusive=True):
             try:
-                result = add_rows(workspace, batch, slices=args.slices, epochs=args.epochs, spec=args.data,
-                                  executor=executor, progress=retrain_progress)
+                with training_output(args) as progress:  # closed before the explanation prints
+                    result = add_rows(workspace, batch, slices=args.slices, epochs=args.epochs, spec=args.data,
+                                      executor=executor, progress=progress)
             except KeyboardInterrupt:
                 _explain_interrupt(workspace)
                 raise

@@ -20,6 +20,7 @@ from sisa.cli import (
     compare,
     delete,
     evaluate,
+    export,
     history,
     locate,
     predict,
@@ -39,7 +40,8 @@ from sisa.serve.client import Request
 def commands() -> tuple[Subcommand, ...]:
     """Every subcommand, in the order ``sisa --help`` lists them."""
     return (train.Train(), add.Add(), delete.Delete(), revert.Revert(), status.Status(), history.History(),
-            receipt.Receipt(), locate.Locate(), evaluate.Eval(), predict.Predict(), recover.Recover(),
+            receipt.Receipt(), locate.Locate(), evaluate.Eval(), predict.Predict(), export.Export(),
+            recover.Recover(),
             audit.Audit(), repair.Repair(), compare.Compare(), serve.Serve(run_request))
 
 

@@ -10,13 +10,14 @@ from sisa.cli._common import (
     add_common,
     add_executor_args,
     add_model_change_arg,
+    add_output_args,
     emit,
     executor_from,
     fmt_seconds,
     info,
     locked,
-    retrain_progress,
     split_ids,
+    training_output,
 )
 from sisa.cli.base import Environment, Subcommand
 from sisa.errors import SisaError
@@ -93,6 +94,7 @@ class Delete(Subcommand):
         add_executor_args(p)
         add_model_change_arg(p)
         add_common(p)
+        add_output_args(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ids import parse_ids
@@ -147,9 +149,9 @@ def _delete(args: argparse.Namespace, env: Environment, workspace, ids: list, as
 
     warn_if_numerics_differ(workspace)
     executor = executor_from(args, env)
-    with locked(args, env, exclusive=True):
+    with training_output(args) as progress, locked(args, env, exclusive=True):
         result = delete(workspace, ids, ignore_missing=args.ignore_missing, executor=executor,
-                        progress=retrain_progress, reference=args.reference)
+                        progress=progress, reference=args.reference)
     request = f" (request {result['request']})" if "request" in result else ""
     lines = [f"deleted {len(result['deleted'])} of {asked} id(s) asked for in "
              f"{fmt_seconds(result['seconds'])}{request}"]

@@ -16,9 +16,10 @@ from sisa.errors import SisaError
 class Predict(Subcommand):
     name = "predict"
     help = "predict labels and probabilities for new rows"
-    description = ("Predict with the ensemble. Tables need the training feature columns and the "
-                   "workspace's id column (or --no-ids); built-in datasets give their test split. The "
-                   "output's id and label columns are named as the training data's were.")
+    description = ("Predict with the ensemble of a workspace, or of a bundle 'sisa export' wrote (--bundle). "
+                   "Tables need the training feature columns and the workspace's id column (or --no-ids); "
+                   "built-in datasets give their test split. The output's id and label columns are named as "
+                   "the training data's were.")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--input", required=True, metavar="SPEC",
@@ -28,35 +29,55 @@ class Predict(Subcommand):
                        help="write .csv, .parquet or .json here instead of CSV on stdout")
         p.add_argument("--no-ids", action="store_true",
                        help="the input table has no id column: number its rows 0, 1, ... in the output")
+        p.add_argument("--bundle", metavar="DIR",
+                       help="predict with the bundle 'sisa export' wrote to DIR instead of a workspace "
+                            "(--workdir is then not read)")
         add_common(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
+        if args.bundle is not None:
+            return self._from_bundle(args)
         from sisa.ops.ensemble import Ensemble
         from sisa.workspace.files import Workspace
 
         recover_first(args, env)
         with locked(args, env, exclusive=False):
-            return self._predict(args, Ensemble(Workspace(args.workdir)))
+            ensemble = Ensemble(Workspace(args.workdir))
+            workdir = Path(args.workdir)
+            return self._predict(args, ensemble, ensemble.manifest.data.source or {},
+                                 lambda path: _refuse_sisa_path(path, workdir))
 
-    def _predict(self, args: argparse.Namespace, ensemble) -> int:
+    def _from_bundle(self, args: argparse.Namespace) -> int:
+        """A bundle is not a workspace: no lock to take and no deletion to finish first."""
+        from sisa.ops.bundle import load_bundle
+
+        if args.workdir != ".":
+            info(f"note: --workdir {args.workdir} is not read: predicting with the bundle {args.bundle}")
+        bundle = load_bundle(args.bundle)
+        folder = Path(args.bundle)
+        return self._predict(args, bundle, bundle.source, lambda path: _refuse_sisa_path(path, folder))
+
+    def _predict(self, args: argparse.Namespace, model, source: dict, refuse_output) -> int:
+        """Predict with ``model`` (an Ensemble or a Bundle: ``classes``, ``feature_names``,
+        ``data`` and ``predict_proba``), reading rows as its recorded data ``source`` says;
+        ``refuse_output(path)`` refuses an --output that would overwrite sisa's own files."""
         from sisa.data.sources import Dataset, LoadOptions, load_rows
         from sisa.workspace.files import atomic_write
 
-        data = ensemble.manifest.data
-        like = Dataset(data.source_value("spec"), None, None, tuple(data.shape), ensemble.classes,
-                       feature_names=ensemble.feature_names)
-        options = LoadOptions(data.source_value("id_col", "id"), data.source_value("label_col", "label"),
-                              data.source_value("test_fraction", 0.2), data.source_value("image_size"))
+        like = Dataset(source.get("spec"), None, None, tuple(model.data.shape), model.classes,
+                       feature_names=model.feature_names)
+        options = LoadOptions(source.get("id_col", "id"), source.get("label_col", "label"),
+                              source.get("test_fraction", 0.2), source.get("image_size"))
         rows = load_rows("csv:-" if args.input == "-" else args.input, like, options, need_labels=False,
                          what="input", need_ids=not args.no_ids,
-                         ids_hint="name the rows with the workspace's id column, or pass --no-ids to number "
+                         ids_hint="name the rows with the training data's id column, or pass --no-ids to number "
                                   "them 0, 1, ...")
         if args.no_ids:
             import numpy as np
 
             rows.ids = np.arange(len(rows.ids), dtype=np.int64)
-        proba = ensemble.predict_proba(rows.X)
-        classes = ensemble.classes
+        proba = model.predict_proba(rows.X)
+        classes = model.classes
         labels = [classes[i] for i in proba.argmax(axis=1)]
         ids = rows.ids.tolist()
         result = {"ok": True, "ids": ids, "labels": labels, "classes": classes, "probabilities": proba.round(6).tolist()}
@@ -67,7 +88,7 @@ class Predict(Subcommand):
         table = _table(ids, labels, classes, proba, options.id_col, options.label_col)
         if args.output:
             path = Path(args.output)
-            _refuse_workspace_path(path, Path(args.workdir))
+            refuse_output(path)
             suffix = path.suffix.lower()
             if suffix == ".json":
                 data_bytes = json.dumps(result).encode()
@@ -91,14 +112,20 @@ class Predict(Subcommand):
         return 0
 
 
-def _refuse_workspace_path(path: Path, workdir: Path) -> None:
-    """Predictions never overwrite what sisa keeps (a manifest, a shard, the ledger)."""
+def _refuse_sisa_path(path: Path, source: Path) -> None:
+    """Predictions never overwrite what sisa keeps: no file inside a workspace's ``shards/`` or
+    ``checkpoints/``, none of its ``.sisa*`` files, nothing inside a bundle; whichever workspace
+    or bundle that is, not only ``source`` (the one predicted with, refused even while empty)."""
     target = path.resolve()
-    for folder in (workdir / "shards", workdir / "checkpoints"):
-        if target == folder.resolve() or folder.resolve() in target.parents:
-            raise SisaError(f"--output {path} is inside the workspace's {folder.name}/ folder, which holds "
-                            f"sisa's own files; write the predictions somewhere else")
-    if target.parent == workdir.resolve() and target.name.startswith(".sisa"):
+    for folder in (target, *target.parents):
+        if folder.name in ("shards", "checkpoints") and (folder / "manifest.json").exists() \
+                or folder in (source.resolve() / "shards", source.resolve() / "checkpoints"):
+            raise SisaError(f"--output {path} is inside a workspace's {folder.name}/ folder, which holds sisa's "
+                            f"own files; write the predictions somewhere else")
+        if folder != target and (folder / "bundle.json").is_file():
+            raise SisaError(f"--output {path} is inside the bundle {folder}, which holds only the bundle's files; "
+                            f"write the predictions somewhere else")
+    if target.name.startswith(".sisa") and ((target.parent / "shards").is_dir() or target.parent == source.resolve()):
         raise SisaError(f"--output {path} would overwrite one of sisa's files; write it somewhere else")
 
 

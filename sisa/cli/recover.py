@@ -9,9 +9,11 @@ from sisa.cli._common import (
     add_common,
     add_executor_args,
     add_model_change_arg,
+    add_output_args,
     emit,
     executor_from,
     finish_pending,
+    training_output,
 )
 from sisa.cli.base import Environment, Subcommand
 
@@ -26,13 +28,15 @@ class Recover(Subcommand):
         add_executor_args(p)
         add_model_change_arg(p)
         add_common(p)
+        add_output_args(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.workspace.files import Workspace
 
         workspace = Workspace(args.workdir)
         accept_model_change_if_asked(args, env, workspace)
-        shards = finish_pending(args, env, workspace, executor=executor_from(args, env))
+        with training_output(args) as progress:
+            shards = finish_pending(args, env, workspace, executor=executor_from(args, env), progress=progress)
         workspace.manifest()
         emit(args, {"retrained_shards": shards},
              f"retrained shard(s) {', '.join(map(str, shards))}" if shards else "nothing to recover")

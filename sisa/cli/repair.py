@@ -7,10 +7,11 @@ import argparse
 from sisa.cli._common import (
     add_common,
     add_executor_args,
+    add_output_args,
     emit,
     executor_from,
     locked,
-    retrain_progress,
+    training_output,
 )
 from sisa.cli.base import Environment, Subcommand
 
@@ -28,15 +29,15 @@ class Repair(Subcommand):
                                                       "rebuild damaged shard or test files")
         add_executor_args(p)
         add_common(p)
+        add_output_args(p)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.repair import repair
         from sisa.workspace.files import Workspace
 
         executor = executor_from(args, env)
-        with locked(args, env, exclusive=True):
-            result = repair(Workspace(args.workdir), data_spec=args.data, executor=executor,
-                            progress=retrain_progress)
+        with training_output(args) as progress, locked(args, env, exclusive=True):
+            result = repair(Workspace(args.workdir), data_spec=args.data, executor=executor, progress=progress)
         lines = [f"  {a}" for a in result["actions"]] or ["  nothing needed repair"]
         lines.append("verified: audit passed" if result["ok"] else
                      "audit still FAILS:\n" + "\n".join(f"  {p}" for p in result["problems"]))

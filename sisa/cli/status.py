@@ -34,6 +34,8 @@ class Status(Subcommand):
             f"{status['deletions']['pending']} request(s) pending",
             "shard  samples  per slice",
         ]
+        if status["data"]["config_file"]:
+            lines.insert(1, f"config: {status['data']['config_file']} (sha256 {str(status['data']['config_sha256'])[:12]}...)")
         if status["unfinished_versions"]:
             lines.append(f"UNFINISHED version(s) {status['unfinished_versions']}: interrupted; 'sisa recover' "
                          f"finishes them")

@@ -10,6 +10,7 @@ from sisa.cli._common import (
     add_common,
     add_data_args,
     add_executor_args,
+    add_output_args,
     add_settings_args,
     dataset_and_settings,
     emit,
@@ -17,8 +18,10 @@ from sisa.cli._common import (
     fmt_seconds,
     info,
     locked,
+    training_output,
 )
 from sisa.cli.base import Environment, Subcommand
+from sisa.cli.config import RUN_OPTIONS, Config, apply_config, dump_config, read_config
 from sisa.errors import SisaError
 
 
@@ -41,38 +44,82 @@ class Train(Subcommand):
                             "data again, including people deleted earlier (they are no longer forgotten)")
         add_executor_args(p)
         add_common(p)
+        add_output_args(p)
+        p.add_argument("--log-dir", metavar="DIR",
+                       help="write every epoch's training loss per shard into DIR (a new or empty folder): "
+                            "losses.csv (shard, slice, epoch, loss, samples, seconds), and TensorBoard event "
+                            "files, one run per shard, when the tensorboard package is installed "
+                            "(pip install tensorboard). Under Ray a shard's epochs are written when it finishes")
+        p.add_argument("--config", metavar="FILE",
+                       help="read train's flags from a TOML (.toml) or YAML (.yaml, .yml) file, by their long "
+                            "names (batch-size = 64 or batch_size: 64); flags given here override it")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the configuration this command would train with (data flags and every "
+                            "setting, defaults applied) as a config file, and exit without training")
+        p.add_argument("--format", choices=("toml", "yaml"),
+                       help="with --print-config: the format to print (default: that of --config, else toml)")
+        # "." once the config file had its say: a --workdir given must be told from the default
+        p.set_defaults(workdir=None)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
         from sisa.ops.train import train_workspace
 
-        dataset, settings = dataset_and_settings(args, _recorded(args), stream=True)
-        executor = executor_from(args, env)
-
-        def announce(plan: dict) -> None:
-            rows = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo)
-                             for lo, hi in zip(plan["slice_rows_min"], plan["slice_rows_max"]))
-            info(f"plan: {settings.shards} shards x {settings.slices} slices; rows of each slice {rows}; "
-                 f"epochs of each slice {', '.join(map(str, plan['epochs']))}")
-            if plan["small"]:
-                info(f"warning: {plan['small']}")
-
-        def progress(record) -> None:
-            info(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
-                 f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
-
+        if args.format is not None and not args.print_config:
+            raise SisaError("--format only applies with --print-config")
+        config = read_config(args.config) if args.config is not None else None
+        if config is not None:
+            apply_config(args, config)
+        run_options = {name: getattr(args, name) for name in RUN_OPTIONS}
+        args.workdir = "." if args.workdir is None else args.workdir
         if args.discard_deletions and not args.force:
             raise SisaError("--discard-deletions only applies with --force (replacing a workspace)")
-        # the command's wait for a workspace in use; a folder that does not exist yet is nobody's
-        # (train_workspace creates it, after checking the input, under its own lock)
-        with locked(args, env, exclusive=True) if Path(args.workdir).is_dir() else nullcontext():
-            summary = train_workspace(
-                args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
-                source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
-                        "test_fraction": args.test_fraction,
-                        "image_size": list(dataset.shape[1:]) if dataset.spec.startswith("imagefolder:")
-                        else None},
-                discard_deletions=args.discard_deletions, announce=announce)
+        logs = [_loss_log(args.log_dir)] if args.log_dir is not None and not args.print_config else []
+        with training_output(args, *logs) as progress:
+            dataset, settings = dataset_and_settings(args, _recorded(args), stream=True)
+            if args.print_config:
+                return self._print_config(args, config, dataset, settings, run_options)
+            executor = executor_from(args, env)
+
+            def announce(plan: dict) -> None:
+                rows = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo)
+                                 for lo, hi in zip(plan["slice_rows_min"], plan["slice_rows_max"]))
+                if not args.quiet:
+                    info(f"plan: {settings.shards} shards x {settings.slices} slices; rows of each slice {rows}; "
+                         f"epochs of each slice {', '.join(map(str, plan['epochs']))}")
+                if plan["small"]:
+                    info(f"warning: {plan['small']}")
+
+            # the command's wait for a workspace in use; a folder that does not exist yet is nobody's
+            # (train_workspace creates it, after checking the input, under its own lock)
+            with locked(args, env, exclusive=True) if Path(args.workdir).is_dir() else nullcontext():
+                summary = train_workspace(
+                    args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
+                    source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
+                            "test_fraction": args.test_fraction, "image_size": _image_size(dataset),
+                            **(config.provenance() if config is not None else {})},
+                    discard_deletions=args.discard_deletions, announce=announce)
         return self._report(args, dataset, settings, summary)
+
+    @staticmethod
+    def _print_config(args: argparse.Namespace, config: Config | None, dataset, settings,
+                      run_options: dict) -> int:
+        """Print what this command would train with as a config file that trains the same bits.
+
+        The data flags and every setting are written out, defaults applied, so that the file
+        still trains the same when a default changes; the run options (executor, workdir) only
+        when given, so that SISA_EXECUTOR and the current folder keep their say otherwise.
+        """
+        from sisa import __version__
+
+        values = {"data": args.data, "test_data": args.test_data, "test_fraction": args.test_fraction,
+                  "id_col": args.id_col, "label_col": args.label_col, "image_size": _image_size(dataset),
+                  **settings.to_dict(), **run_options}
+        fmt = args.format or (config.format if config is not None else "toml")
+        header = (f"sisa train's configuration (sisa {__version__}): sisa train --config FILE\n"
+                  f"trains with it; flags given on the command line override it")
+        emit(args, {"config": {k: v for k, v in values.items() if v is not None}, "format": fmt},
+             dump_config(values, fmt, header=header).rstrip("\n"))
+        return 0
 
     @staticmethod
     def _report(args: argparse.Namespace, dataset, settings, summary: dict) -> int:
@@ -91,6 +138,23 @@ class Train(Subcommand):
         lines.append(f"workspace: {summary['workdir']}")
         emit(args, summary, "\n".join(lines))
         return 0
+
+
+def _loss_log(folder: str):
+    """``--log-dir``'s log, checked before anything is loaded or trained."""
+    from sisa.cli.progress import LossLog
+
+    log = LossLog(folder)
+    if not log.tensorboard:
+        info(f"note: --log-dir {folder}: the tensorboard package is not installed, so only {folder}/losses.csv "
+             f"is written; pip install tensorboard (or sisa's 'tensorboard' extra) for TensorBoard event files")
+    return log
+
+
+def _image_size(dataset):
+    """The size an image folder's images were resized to, as [H, W] (what the workspace records
+    and --print-config prints, so a retrain resizes alike), else None."""
+    return list(dataset.shape[1:]) if dataset.spec.startswith("imagefolder:") else None
 
 
 def _recorded(args: argparse.Namespace):

@@ -13,6 +13,7 @@ it first, so recovery after a crash is the same code as a deletion.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Iterable, Optional
 
@@ -23,7 +24,7 @@ from sisa.faults import crash_point
 from sisa.ids import id_mask, ids_digest, key_text, prefix_digests
 from sisa.models import check_source, model_source
 from sisa.training.executors import Executor, accept_result, make_executor
-from sisa.training.jobs import Progress, ShardJob
+from sisa.training.jobs import Observers, Progress, ShardJob
 from sisa.workspace.files import Workspace, file_ids
 from sisa.workspace.ledger import (
     Deleted,
@@ -41,6 +42,8 @@ from sisa.workspace.staging import (
     scratch_folders,
     swap_path,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def complete_pending(workspace: Workspace, *, executor: Optional[Executor] = None,
@@ -252,13 +255,13 @@ def retrain_shards(workspace: Workspace, shards: Iterable[int], *, executor: Opt
     jobs = [job for job in (_drop_stale(workspace, manifest, shard) for shard in shards) if job]
     if jobs:
         check_model_source(manifest)
+        logger.debug("retraining %s", ", ".join(f"shard {job.shard} from slice {job.from_slice}" for job in jobs))
 
-    def record_progress(record: CheckpointRecord) -> None:
-        if progress is not None:
-            progress(record)
+    def crash_after_slice(record: CheckpointRecord) -> None:
         crash_point("mid-retrain")
 
-    for result in (executor or make_executor("local")).run(jobs, record_progress):
+    # the caller's progress first, whole (an observer keeps hearing of the plan and epochs)
+    for result in (executor or make_executor("local")).run(jobs, Observers(progress, crash_after_slice)):
         accept_result(workspace, result)
         workspace.save(workspace.checkpoints().with_records(result.checkpoints))
 

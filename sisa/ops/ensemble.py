@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from sisa.aggregation import aggregate
 from sisa.errors import SisaError
 from sisa.models import check_source
+from sisa.settings import Settings
 from sisa.training.jobs import DataSpec
 from sisa.training.numerics import deterministic_torch
 from sisa.training.slices import predict_probas
@@ -67,29 +68,15 @@ class Ensemble:
 
     def shard_probas(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of every shard model, shape (shards, rows, classes)."""
-        X = self._check_rows(X)
+        X = check_rows(X, self.data.shape)
         check_source(self.settings.model, self.manifest.model_source)
         with deterministic_torch(self.settings):
-            return self._probas(X, [self.workspace.load_weights(record) for record in self.final_records()])
-
-    def _probas(self, X: np.ndarray, weights: list[dict[str, Any]]) -> np.ndarray:
-        return np.stack([predict_probas(w, X, settings=self.settings, data=self.data) for w in weights])
+            weights = [self.workspace.load_weights(record) for record in self.final_records()]
+            return stacked_probas(weights, X, settings=self.settings, data=self.data)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         sizes = [self.shard_sizes()[r.shard] for r in self.final_records()]
         return aggregate(self.settings.aggregation, self.shard_probas(X), sizes)
-
-    def _check_rows(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X)
-        shape = self.data.shape
-        if X.shape[1:] != shape:
-            if X.ndim == 2 and X.shape[1] == int(np.prod(shape)):
-                X = X.reshape((len(X),) + shape)
-            else:
-                raise SisaError(f"rows have shape {X.shape[1:]}, but the model was trained on {shape}")
-        if X.dtype.kind not in "iuf" or not np.all(np.isfinite(X)):
-            raise SisaError("features must be finite numbers")
-        return np.array(X, copy=True, order="C")  # torch wants writable memory
 
     def test_rows(self) -> ShardRows:
         """The test rows, all at once (:meth:`evaluate` reads them a batch at a time)."""
@@ -116,7 +103,8 @@ class Ensemble:
             data = checked_data(self.workspace.read_data_bytes(test.file), test.sha256,
                                 self.workspace.shards_dir / test.file)
             for rows in parquet_batches(data, self.data.shape, self.data.dtype, batch_rows):
-                probas = self._probas(rows.X, weights)  # predict_probas copies each batch it scores
+                # predict_probas copies each batch it scores
+                probas = stacked_probas(weights, rows.X, settings=self.settings, data=self.data)
                 ensemble = aggregate(self.settings.aggregation, probas, sizes)
                 n += len(rows.label)
                 right += int(np.count_nonzero(ensemble.argmax(1) == rows.label))
@@ -130,6 +118,30 @@ class Ensemble:
             "shards_used": [r.shard for r in records],
             "aggregation": self.settings.aggregation,
         }
+
+
+def check_rows(X: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows ``X`` as the models take them: shaped ``shape`` (flat rows of as many values are
+    reshaped), finite numbers, in fresh writable memory. Shared by :class:`Ensemble` and the
+    exported bundle (:mod:`sisa.ops.bundle`), so both accept and refuse the same rows."""
+    X = np.asarray(X)
+    if X.dtype.kind == "b":  # trained as 0.0 and 1.0 (arrays of bools are stored as float32)
+        X = X.astype(np.float32)
+    if X.shape[1:] != shape:
+        if X.ndim == 2 and X.shape[1] == int(np.prod(shape)):
+            X = X.reshape((len(X),) + shape)
+        else:
+            raise SisaError(f"rows have shape {X.shape[1:]}, but the model was trained on {shape}")
+    if X.dtype.kind not in "iuf" or not np.all(np.isfinite(X)):
+        raise SisaError("features must be finite numbers")
+    return np.array(X, copy=True, order="C")  # torch wants writable memory
+
+
+def stacked_probas(weights: Sequence[dict[str, Any]], X: np.ndarray, *, settings: Settings,
+                   data: DataSpec) -> np.ndarray:
+    """Class probabilities of each model in ``weights`` on rows ``X``, shape (models, rows,
+    classes): what aggregation takes, computed the same way wherever the weights come from."""
+    return np.stack([predict_probas(w, X, settings=settings, data=data) for w in weights])
 
 
 def _pending_shards(workspace: Workspace) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 import tempfile
@@ -48,6 +49,8 @@ from sisa.workspace.staging import (
     swap_in,
     swap_path,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def train_workspace(workdir: str | Path, dataset: Dataset, settings: Settings, *,
@@ -251,7 +254,11 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
     staging = make_scratch(workspace, STAGING_PREFIX)
     try:
         stage = Workspace(staging)
+        written = time.perf_counter()
         manifest = _write_rows(stage, given)
+        logger.debug("wrote %d training rows into %d shards x %d slices (and %d test rows) in %s, %.2f s",
+                     manifest.data.n_train, manifest.settings.shards, manifest.settings.slices,
+                     manifest.data.n_test, staging, time.perf_counter() - written)
         checkpoints = _train_shards(stage, manifest, executor=executor, progress=progress)
         if carry_ledger:  # else the ledger is made by the first command that records something
             carried = carry(workspace.ledger_path, stage.ledger_path)
@@ -265,6 +272,7 @@ def _write_and_train(workspace: Workspace, given: _Input, *, executor, progress,
         stage.save(manifest)
         crash_point("before-swap")
         swap_in(workspace, staging)
+        logger.debug("swapped the new workspace in at %s", workspace.root)
     except BaseException:
         if not swap_path(workspace).exists():  # not yet committed: the old workspace stays
             shutil.rmtree(staging, ignore_errors=True)

@@ -8,21 +8,25 @@ caller accepts each result with :func:`accept_result` before a manifest names it
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 from sisa.errors import SisaError
 from sisa.registry import Registry
-from sisa.training.jobs import JobFiles, Progress, ShardJob, ShardResult
+from sisa.training.jobs import JobFiles, Observers, Progress, ShardJob, ShardResult
 from sisa.training.slices import run_shard_job
 from sisa.training.vectorised import run_group
 from sisa.workspace.carried import CarriedFiles
 from sisa.workspace.files import Workspace
 
+logger = logging.getLogger(__name__)
+
 
 class Executor(Protocol):
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
-        """Run every job; yield results as jobs finish."""
+        """Run every job; yield results as jobs finish. ``progress`` hears of every slice (and,
+        when it is a :class:`~sisa.training.jobs.ProgressObserver`, of the plan and every epoch)."""
         ...
 
 
@@ -35,6 +39,7 @@ class InProcessExecutor:
     settings' ``vectorise`` > 1)."""
 
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
+        announce_plan(jobs, progress, concurrent=False)
         for unit in work_units(jobs):
             yield from run_unit(unit, progress)
 
@@ -73,6 +78,8 @@ class RayExecutor:
     def run(self, jobs: Sequence[ShardJob], progress: Optional[Progress] = None) -> Iterator[ShardResult]:
         if not jobs:
             return
+        announce_plan(jobs, progress, concurrent=True)
+        observer = Observers(progress)
         ray = _ray(self.address)
         _ensure_ray(ray, self.address)
         task = ray.remote(_ray_job)
@@ -103,10 +110,13 @@ class RayExecutor:
                     ray.cancel(ref)
                 raise SisaError(f"training shard {shards} failed: its Ray worker died "
                                 f"{self.retries + 1} times") from None
-            for result in results:
-                if progress is not None:
-                    for record in result.checkpoints:
-                        progress(record)
+            for result in results:  # a task's epochs and slices are heard of when it finishes
+                logger.debug("shard %d: its Ray task finished on host %s in %.2f s", result.shard, result.host,
+                             result.seconds)
+                for report in result.epochs:
+                    observer.epoch_done(report)
+                for record in result.checkpoints:
+                    observer.slice_done(record)
                 yield result
 
 
@@ -206,9 +216,11 @@ class AutoExecutor:
         if self.ray_options.get("address"):
             return RayExecutor(**self.ray_options)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if len(jobs) > 1 and cpus > 1 and _work(jobs) >= AUTO_RAY_MIN_WORK:
-            return RayExecutor(**self.ray_options)
-        return InProcessExecutor()
+        work = _work(jobs) if len(jobs) > 1 and cpus > 1 else 0.0
+        chosen = "ray" if work >= AUTO_RAY_MIN_WORK else "local"
+        logger.debug("executor auto chose %s: %d shard(s) with work, %d CPU(s), work %.2g (Ray from %.0e)",
+                     chosen, len(jobs), cpus, work, AUTO_RAY_MIN_WORK)
+        return RayExecutor(**self.ray_options) if chosen == "ray" else InProcessExecutor()
 
 
 def _work(jobs: Sequence[ShardJob]) -> float:
@@ -249,6 +261,8 @@ def accept_result(workspace: Workspace, result: ShardResult) -> None:
                 raise SisaError(f"shard {record.shard} slice {record.slice}: the checkpoint file {name} returned "
                                 f"by host {result.host!r} does not match its sha256; nothing was committed")
             workspace.write_checkpoint(name, data)
+            logger.debug("shard %d slice %d: wrote checkpoint file %s (%d bytes) returned by host %s", record.shard,
+                         record.slice, name, len(data), result.host)
     for record in result.checkpoints:
         for name, sha256, size in record.files():
             if name in result.files:
@@ -261,6 +275,16 @@ def accept_result(workspace: Workspace, result: ShardResult) -> None:
                     f"made on host {result.host!r}) is {'missing' if found is None else 'different'} at {path}; "
                     f"nothing was committed. A job that does not see this workspace folder must return its "
                     f"checkpoints' bytes (as sisa's Ray executor does)")
+
+
+def announce_plan(jobs: Sequence[ShardJob], progress: Optional[Progress], *, concurrent: bool) -> None:
+    """Tell ``progress`` the jobs about to run (before any trains), and log them."""
+    if not jobs:
+        return
+    logger.debug("planned %d shard job(s) %s: shards %s, %d sample-passes", len(jobs),
+                 "as Ray tasks, at once" if concurrent else "in this process, one after another",
+                 ", ".join(str(job.shard) for job in jobs), sum(job.sample_passes() for job in jobs))
+    Observers(progress).planned(jobs, concurrent=concurrent)
 
 
 def work_units(jobs: Sequence[ShardJob]) -> list[list[ShardJob]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
@@ -17,7 +17,79 @@ from sisa.workspace.manifest import (
     WorkspaceManifest,
 )
 
-Progress = Callable[[CheckpointRecord], None]
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch of one slice of one shard: what a progress bar and a loss curve show.
+
+    Never persisted (a checkpoint's record says what it was trained on; this says how the
+    training went), so adding a field changes no workspace file.
+    """
+
+    shard: int
+    slice: int
+    epoch: int
+    """The epoch within its slice, from 0 (as :func:`derive_seed` numbers it)."""
+    loss: float
+    """Mean training loss over the epoch's rows, from the losses its steps computed anyway."""
+    samples: int
+    """Rows the epoch trained on: those of slices 0..slice."""
+    seconds: float
+
+
+@runtime_checkable
+class ProgressObserver(Protocol):
+    """Watches training as it runs, at finer grain than the per-slice callback: ``planned``
+    once per executor run with its jobs (before any trains, so a bar knows its total),
+    ``epoch_done`` per finished epoch (as it happens in this process; when a Ray task's result
+    comes back otherwise) and ``slice_done`` per checkpoint written. Calling it is
+    ``slice_done``, so an executor that knows only the callback still reports slices."""
+
+    def planned(self, jobs: Sequence["ShardJob"], *, concurrent: bool) -> None: ...
+
+    def epoch_done(self, report: EpochReport) -> None: ...
+
+    def slice_done(self, record: CheckpointRecord) -> None: ...
+
+    def __call__(self, record: CheckpointRecord) -> None: ...
+
+
+Progress = Union[Callable[[CheckpointRecord], None], ProgressObserver]
+"""What training reports to: a callback per slice's checkpoint, or a :class:`ProgressObserver`."""
+
+
+class Observers:
+    """Several :data:`Progress` receivers as one :class:`ProgressObserver`; plain callbacks
+    hear of slices only. None entries are skipped, so ``Observers(progress)`` works whether
+    or not the caller gave one.
+
+    >>> seen = []
+    >>> Observers(None, seen.append).slice_done("record")
+    >>> seen
+    ['record']
+    """
+
+    def __init__(self, *receivers: Optional[Progress]) -> None:
+        self.receivers = tuple(r for r in receivers if r is not None)
+
+    def planned(self, jobs: Sequence["ShardJob"], *, concurrent: bool) -> None:
+        for receiver in self.receivers:
+            if isinstance(receiver, ProgressObserver):
+                receiver.planned(jobs, concurrent=concurrent)
+
+    def epoch_done(self, report: EpochReport) -> None:
+        for receiver in self.receivers:
+            if isinstance(receiver, ProgressObserver):
+                receiver.epoch_done(report)
+
+    def slice_done(self, record: CheckpointRecord) -> None:
+        for receiver in self.receivers:
+            if isinstance(receiver, ProgressObserver):
+                receiver.slice_done(record)
+            else:
+                receiver(record)
+
+    __call__ = slice_done
 
 
 class StepObserver(Protocol):
@@ -111,12 +183,17 @@ class ShardJob:
         """Epochs slice ``slice_`` trains (:func:`slice_epochs_of`)."""
         return slice_epochs_of(self.schedule(), self.settings.slices, slice_, rows, own_rows)
 
-    def sample_passes(self) -> int:
-        """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
+    def slice_work(self) -> list[tuple[int, int, int]]:
+        """(slice, rows it trains on, epochs) of every slice the job will train, in the order it
+        trains them; empty when ``slice_rows`` is not given."""
         own = self.slice_rows or ()
         rows = np.cumsum(own) if own else []
-        return int(sum(rows[r] * self.epochs_of(r, int(rows[r]), int(own[r]))
-                       for r in range(self.from_slice, len(rows))))
+        return [(r, int(rows[r]), self.epochs_of(r, int(rows[r]), int(own[r])))
+                for r in range(self.from_slice, len(rows))]
+
+    def sample_passes(self) -> int:
+        """Rows times epochs the job will train (0 when ``slice_rows`` is not given)."""
+        return sum(rows * epochs for _, rows, epochs in self.slice_work())
 
 
 @dataclass
@@ -130,6 +207,9 @@ class ShardResult:
     files: dict[str, bytes] = field(default_factory=dict)
     """The checkpoints' bytes by file name, when the job carried its files
     (:class:`~sisa.workspace.carried.CarriedFiles`) and the caller writes them."""
+    epochs: list[EpochReport] = field(default_factory=list)
+    """Every epoch the job trained, in order: how a Ray task's losses reach the driver (they
+    are not in the checkpoint records, which the checkpoints manifest persists)."""
 
 
 def slice_epochs_of(schedule: Sequence[int], base_slices: int, slice_: int, rows: int, own_rows: int) -> int:

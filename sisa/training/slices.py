@@ -13,8 +13,9 @@ previous slice's saved state, so an uninterrupted run and a resumed one run the 
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from sisa.ids import ids_digest
 from sisa.settings import Settings
 from sisa.training.jobs import (
     DataSpec,
+    EpochReport,
     JobFiles,
+    Observers,
     Progress,
     ShardJob,
     ShardResult,
@@ -41,6 +44,8 @@ from sisa.workspace.files import (
     weights_name,
 )
 from sisa.workspace.manifest import CheckpointRecord
+
+logger = logging.getLogger(__name__)
 
 
 def make_training_state(settings: Settings, data: DataSpec, shard: int):
@@ -82,8 +87,14 @@ def to_cpu(obj: Any) -> Any:
 
 
 def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: DataSpec,
-                shard: int, slice_: int, epochs: int, observer: Optional[StepObserver] = None) -> int:
-    """Train ``epochs`` epochs on rows ``X``, ``y`` (canonical order); returns optimizer steps."""
+                shard: int, slice_: int, epochs: int, observer: Optional[StepObserver] = None,
+                on_epoch: Optional[Callable[[int, float], None]] = None) -> int:
+    """Train ``epochs`` epochs on rows ``X``, ``y`` (canonical order); returns optimizer steps.
+
+    ``on_epoch(epoch, loss)`` is called after each epoch with the epoch's mean loss over its
+    rows. That loss is summed from the losses the steps computed anyway, detached, so watching
+    changes no trained bit; without ``on_epoch`` not even that sum is taken.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -94,6 +105,7 @@ def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: 
         seed = derive_seed(settings.seed, shard, slice_, epoch)
         torch.manual_seed(seed)  # any randomness inside the model (dropout) starts here too
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        total = torch.zeros((), dtype=torch.float64, device=X.device) if on_epoch is not None else None
         for start in range(0, n, settings.batch_size):
             batch = order[start:start + settings.batch_size].to(X.device)
             inputs = X[batch].float().mul_(data.scale)
@@ -105,10 +117,14 @@ def train_slice(model, optimizer, scheduler, X, y, *, settings: Settings, data: 
             optimizer.step()
             if observer is not None:
                 observer.after_step(batch)
+            if total is not None:  # on the device, so no step waits for it
+                total += loss.detach().double() * len(batch)
             steps += 1
             if steps == 1:
                 crash_point("mid-slice")  # a crash test's kill point inside a slice's training
         scheduler.step()
+        if on_epoch is not None:
+            on_epoch(epoch, float(total) / n if n else float("nan"))
     return steps
 
 
@@ -149,21 +165,27 @@ def save_slice(files: JobFiles, shard: int, slice_: int, ids: np.ndarray, traini
                               ids_sha256=ids_sha256, samples=n, epochs=epochs, bytes=len(training_state),
                               weights=weights_name(name), weights_sha256=sha256_bytes(weights),
                               weights_bytes=len(weights))
+    logger.debug("shard %d slice %d: wrote checkpoint %s (%d bytes) and its weights (%d bytes)", shard, slice_,
+                 name, len(training_state), len(weights))
     written = {name: training_state, weights_name(name): weights}
     return load_state(written.__getitem__, record, ""), record
 
 
 def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
                   files: Optional[JobFiles] = None) -> ShardResult:
-    """Train the job's slices and write their checkpoints; returns the checkpoint records.
-    The job reads and writes the workspace at ``job.workdir``, or ``files`` when given."""
+    """Train the job's slices and write their checkpoints; returns the checkpoint records and
+    the epochs' reports. ``progress`` hears of every epoch and slice as it finishes. The job
+    reads and writes the workspace at ``job.workdir``, or ``files`` when given."""
     import torch
 
     settings, data = job.settings, job.data
     files = files if files is not None else Workspace(job.workdir)
+    observer = Observers(progress)
     started = time.perf_counter()
     rows = job.read_rows(files)
-    records = []
+    logger.debug("shard %d: read %d rows in %.2f s", job.shard, len(rows.label), time.perf_counter() - started)
+    records: list[CheckpointRecord] = []
+    reports: list[EpochReport] = []
     # Optimizers import torch._dynamo on first use (about 2 s); importing it here keeps that
     # one-time cost out of the slice timings that deletion estimates are made from.
     import torch._dynamo  # noqa: F401
@@ -180,20 +202,38 @@ def run_shard_job(job: ShardJob, progress: Optional[Progress] = None,
             (model, optimizer, scheduler), counters = resume_training(settings, data, job.shard, state)
             n = int(np.searchsorted(rows.slice, slice_, side="right"))  # rows are in slice order
             epochs = job.epochs_of(slice_, n, n - int(np.searchsorted(rows.slice, slice_, side="left")))
+            on_epoch = _epoch_reporter(job.shard, slice_, n, reports, observer)
             try:
                 crash_point("raise-in-slice")
                 steps = train_slice(model, optimizer, scheduler, X[:n], y[:n], settings=settings,
-                                    data=data, shard=job.shard, slice_=slice_, epochs=epochs)
+                                    data=data, shard=job.shard, slice_=slice_, epochs=epochs, on_epoch=on_epoch)
             except RuntimeError as exc:  # out of memory, a kernel without a deterministic version...
                 raise SisaError(f"training shard {job.shard} slice {slice_} failed: {exc}") from exc
             state, record = save_slice(files, job.shard, slice_, rows.ids[:n], (model, optimizer, scheduler),
                                        counters, epochs=epochs, steps=steps)
             record = record.timed(time.perf_counter() - slice_started)
+            logger.debug("shard %d slice %d: trained %d rows x %d epochs in %.2f s", job.shard, slice_, n,
+                         epochs, record.seconds)
             records.append(record)
-            if progress is not None:
-                progress(record)
+            observer.slice_done(record)
             crash_point("worker-mid-shard")
-    return ShardResult(job.shard, records, environment, time.perf_counter() - started)
+    return ShardResult(job.shard, records, environment, time.perf_counter() - started, epochs=reports)
+
+
+def _epoch_reporter(shard: int, slice_: int, rows: int, reports: list[EpochReport],
+                    observer: Observers) -> Callable[[int, float], None]:
+    """The ``on_epoch`` of :func:`train_slice` for one slice: it times each epoch, keeps its
+    report for the job's result and tells ``observer``."""
+    clock = [time.perf_counter()]
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        now = time.perf_counter()
+        report = EpochReport(shard, slice_, epoch, loss, rows, now - clock[0])
+        clock[0] = now
+        reports.append(report)
+        observer.epoch_done(report)
+
+    return on_epoch
 
 
 def predict_probas(model_state: dict[str, Any], X: np.ndarray, *, settings: Settings, data: DataSpec,

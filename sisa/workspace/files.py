@@ -277,9 +277,10 @@ def _sha256_fd(fd: int) -> str:
     return digest.hexdigest()
 
 
-def _seal(obj: dict[str, Any]) -> str:
-    """Checksum of a manifest's contents (its own ``checksum`` field left out). It catches
-    corruption and hand edits; a replay (``sisa audit --replay``) catches the rest."""
+def json_checksum(obj: dict[str, Any]) -> str:
+    """Checksum of a manifest's (or an exported bundle's) contents, its own ``checksum`` field
+    left out. It catches corruption and hand edits; a replay (``sisa audit --replay``) catches
+    the rest."""
     body = {k: v for k, v in obj.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -478,7 +479,7 @@ class Workspace:
 
     def write_json(self, path: Path, obj: dict[str, Any]) -> None:
         """Write a manifest atomically, sealed with a checksum of its contents."""
-        sealed = dict(obj, checksum=_seal(obj))
+        sealed = dict(obj, checksum=json_checksum(obj))
         data = (json.dumps(sealed, indent=1, sort_keys=True) + "\n").encode()
         parts = self._parts(path)
         if parts is None:
@@ -504,7 +505,7 @@ class Workspace:
             raise SisaError(f"cannot read {path}: {exc}") from None
         if not isinstance(obj, dict):
             raise SisaError(f"{path} is not a JSON object")
-        if obj.get("checksum") != _seal(obj):
+        if obj.get("checksum") != json_checksum(obj):
             raise SisaError(f"{path} was edited or damaged: its checksum does not match its contents")
         return obj
 

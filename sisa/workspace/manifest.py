@@ -122,9 +122,11 @@ class ShardData:
         return entry
 
 
-SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col", "image_size")
+SOURCE_FIELDS = ("spec", "test_spec", "test_fraction", "id_col", "label_col", "image_size", "config_file",
+                 "config_sha256")
 """Where the rows came from; recorded by the CLI (``repair --data`` reloads from them), absent
-for arrays passed in Python."""
+for arrays passed in Python. ``config_file`` and its ``config_sha256``: the ``train --config``
+file the workspace was trained from, when one was (absent in workspaces from before)."""
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,7 @@ def test_every_subcommand_has_its_own_module():
     from sisa.cli.app import commands
 
     modules = [type(command).__module__ for command in commands()]
-    assert len(set(modules)) == len(modules) == 15
+    assert len(set(modules)) == len(modules) == 16
     assert all(module == f"sisa.cli.{command.name.replace('eval', 'evaluate')}"
                for module, command in zip(modules, commands()))
 

@@ -119,3 +119,50 @@ def _has_empty_slice(a):
     counts = np.zeros((2, 3), dtype=int)
     np.add.at(counts, (a.shard, a.slice), 1)
     return (counts == 0).any() and (counts.sum(1) >= 3).all()
+
+
+def test_watching_epochs_changes_no_trained_bit(digits):
+    """train_slice's ``on_epoch`` sums the losses its steps computed anyway, detached: model
+    and optimizer end byte for byte as unwatched, and each epoch's mean loss is reported."""
+    import io
+
+    from sisa.training.numerics import deterministic_torch
+    from sisa.training.slices import make_training_state, train_slice
+
+    settings = SMALL.replace(optimizer="sgd", lr=0.05, scheduler="cosine")
+    X = np.asarray(digits.train.X[:300])
+    spec = DataSpec(tuple(digits.shape), str(X.dtype), digits.scale, len(digits.classes))
+    y = torch.from_numpy(digits.label_index(digits.train.y[:300], "training data"))
+
+    def trained(on_epoch) -> bytes:
+        with deterministic_torch(settings):
+            model, optimizer, scheduler = make_training_state(settings, spec, 0)
+            steps = train_slice(model, optimizer, scheduler, torch.from_numpy(X), y, settings=settings, data=spec,
+                                shard=0, slice_=1, epochs=3, on_epoch=on_epoch)
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": steps}, buffer)
+        return buffer.getvalue()
+
+    losses = []
+    watched = trained(lambda epoch, loss: losses.append((epoch, loss)))
+    assert watched == trained(None)
+    assert [epoch for epoch, _ in losses] == [0, 1, 2]
+    assert all(np.isfinite(loss) and loss > 0 for _, loss in losses) and losses[-1][1] < losses[0][1]
+
+
+def test_a_carried_job_returns_every_epochs_loss_with_its_result(tmp_path, digits):
+    """How a Ray task's per-epoch losses reach the driver: in its result, not in the
+    checkpoint records the checkpoints manifest persists."""
+    from sisa.training.executors import run_carried
+    from sisa.workspace.carried import CarriedFiles
+
+    train_workspace(tmp_path, digits, SMALL)
+    workspace = Workspace(tmp_path)
+    manifest = workspace.manifest()
+    job = ShardJob.for_shard(str(tmp_path), manifest, manifest.shards[2])
+    files = CarriedFiles.gather(workspace, [name for name, _ in job.shard_files], [])
+    [result] = run_carried([job], files)
+    expected = [(r.slice, epoch, r.samples) for r in result.checkpoints for epoch in range(r.epochs)]
+    assert [(e.slice, e.epoch, e.samples) for e in result.epochs] == expected
+    assert len(expected) == sum(SMALL.slice_epochs()) and {e.shard for e in result.epochs} == {2}
+    assert {r.sha256 for r in result.checkpoints} <= set(checkpoint_shas(tmp_path).values())
