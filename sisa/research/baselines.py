@@ -122,17 +122,35 @@ def run_method(name: str, task: ForgetTask, **params: Any) -> dict[str, Any]:
     (0.01, True)
     """
     method = METHODS.get(name)
-    unknown = set(params) - set(method.defaults)
-    if unknown:
-        raise SisaError(f"method {name!r} has no setting {', '.join(sorted(unknown))}; "
-                        f"its settings: {', '.join(method.defaults) or 'none'}")
-    chosen = {**method.defaults, **params}
+    chosen = method_settings(name, params)
     started = time.perf_counter()
     torch.manual_seed(derive_seed(task.settings.seed, "unlearn", name))
     task.model.train()
     method.fn(task, **chosen)
     task.model.eval()
     return {"method": name, "params": chosen, "seconds": time.perf_counter() - started}
+
+
+def method_settings(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The settings method ``name`` runs with: its defaults, changed by ``params``. Unknown
+    methods and settings are refused naming the valid ones; values must be finite and >= 0.
+
+    >>> method_settings("ssd", {"alpha": 5})
+    {'alpha': 5, 'lam': 1.0}
+    >>> method_settings("ft", {"learning_rate": 0.1})
+    Traceback (most recent call last):
+    ...
+    sisa.errors.SisaError: method 'ft' has no setting learning_rate; its settings: share, lr
+    """
+    method = METHODS.get(name)
+    unknown = set(params) - set(method.defaults)
+    if unknown:
+        raise SisaError(f"method {name!r} has no setting {', '.join(sorted(unknown))}; "
+                        f"its settings: {', '.join(method.defaults) or 'none'}")
+    for key, value in params.items():
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+            raise SisaError(f"method {name!r}: setting {key} must be a finite number >= 0, got {value}")
+    return {**method.defaults, **params}
 
 
 def _sgd(params, lr: float) -> torch.optim.Optimizer:

@@ -138,3 +138,16 @@ def test_storage_smoke(tmp_path):
     assert result["date"] and "storage.py" in result["command"]
     table = (tmp_path / "smoke.md").read_text()
     assert "| logreg | fashion-mnist (1x28x28) | 7,850 |" in table and "| mlp | 20 x 50 (SISA paper) |" in table
+
+
+def test_fmnist_subset_smoke(tmp_path):
+    pytest.importorskip("pyarrow")
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    import pyarrow.parquet as pq
+
+    run("fmnist_subset.py", "--out", str(tmp_path), "--train-rows", "50", "--test-rows", "20")
+    train, test = pq.read_table(tmp_path / "train.parquet"), pq.read_table(tmp_path / "test.parquet")
+    assert (train.num_rows, test.num_rows, train.num_columns) == (50, 20, 2 + 784)
+    assert not set(train.column("id").to_pylist()) & set(test.column("id").to_pylist())
+    assert 0 <= min(train.column("px400").to_pylist()) <= max(train.column("px400").to_pylist()) <= 1

@@ -80,6 +80,27 @@ def test_attacks_see_an_overfitted_model_that_trained_on_the_forget_rows():
     assert abs(unseen - 0.5) <= 0.1
 
 
+def test_simple_mia_is_the_kits_cross_val_score():
+    """The fast loop gives the numbers of the starting kit's cross_val_score call."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(3)
+    forget, test = rng.exponential(0.7, 90), rng.exponential(1.0, 300)
+    with threadpool_limits(limits=1, user_api="blas"):  # tiny fits: threads would only contend
+        for seed in range(4):
+            pick = np.random.default_rng(seed)
+            f, t = pick.choice(forget, 90, replace=False), pick.choice(test, 90, replace=False)
+            X, members = np.r_[f, t].reshape(-1, 1), np.r_[np.ones(90), np.zeros(90)]
+            kit = cross_val_score(LogisticRegression(), X, members,
+                                  cv=StratifiedShuffleSplit(n_splits=10, random_state=seed), scoring="accuracy").mean()
+            assert simple_mia(forget, test, seed=seed) == pytest.approx(kit, abs=1e-12)
+        # size caps the rows a side; under 5 a side there is no score
+        assert simple_mia(forget, test, seed=0, size=40) != simple_mia(forget, test, seed=0)
+        assert np.isnan(simple_mia(forget[:4], test))
+
+
 def test_mia_efficacy_counts_forget_rows_that_look_unseen():
     rng = np.random.default_rng(0)
     retain = rng.uniform(0.9, 1.0, 2000)   # members: confident
@@ -110,3 +131,14 @@ def test_metric_helpers():
     np.testing.assert_allclose(logit_confidence(probas, labels), np.log([0.7 / 0.3, 0.1 / 0.9]))
     row = {"UA": 0.1, "MIA_efficacy": 0.3, "RA": 0.9, "TA": 0.8}
     assert average_gap(row, {"UA": 0.2, "MIA_efficacy": 0.3, "RA": 0.9, "TA": 0.6}) == pytest.approx(0.075)
+
+
+def test_logit_confidence_keeps_its_precision_for_confident_models():
+    """The other classes' probabilities are summed, not taken as 1 - p_y: p_y = 1 - 1e-20
+    rounds to 1, yet the statistic is log(1e20), and two confident models do not tie."""
+    probas = np.array([[1.0, 1e-20, 0.0], [1.0, 3e-18, 1e-18], [0.0, 1.0, 0.0]])
+    stat = logit_confidence(probas, np.array([0, 0, 0]))
+    np.testing.assert_allclose(stat[:2], [np.log(1e20), np.log(1 / 4e-18)], rtol=1e-12)
+    assert stat[2] == pytest.approx(np.log(1e-45))  # clipped at 1e-45, as LiRA's reference code
+    assert np.isfinite(logit_confidence(np.array([[1.0, 0.0]]), np.array([0]))).all()
+
