@@ -141,14 +141,19 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                        help="join an existing Ray cluster (from 'ray start --head')")
 
 
-def executor_from(args: argparse.Namespace, env: Environment):
-    """The executor of ``--executor`` (default from ``SISA_EXECUTOR``) and its options."""
-    from sisa.training.executors import make_executor
-
+def check_executor_args(args: argparse.Namespace) -> None:
+    """Refuse executor flags no executor takes (also what ``train --print-config`` prints)."""
     for name in ("cpus_per_shard", "gpus_per_shard"):
         value = getattr(args, name)
         if value is not None and not value >= 0:
             raise SisaError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+
+def executor_from(args: argparse.Namespace, env: Environment):
+    """The executor of ``--executor`` (default from ``SISA_EXECUTOR``) and its options."""
+    from sisa.training.executors import make_executor
+
+    check_executor_args(args)
     return make_executor(args.executor or env.default_executor(), address=args.address,
                          cpus_per_shard=args.cpus_per_shard, gpus_per_shard=args.gpus_per_shard)
 

@@ -112,7 +112,7 @@ def config_actions() -> dict[str, argparse.Action]:
 def _parse_toml(data: bytes, path: Path) -> dict[str, Any]:
     tomllib = _tomllib()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark, as some editors save
     except UnicodeDecodeError as exc:
         raise SisaError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
@@ -198,9 +198,20 @@ def _yaml_classes():
     Dumper.add_representer(list, Dumper.represent_list)
     Dumper.add_representer(str, Dumper.represent_text)
 
-    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    # plain scalars as the flags read them (YAML 1.2's core schema, decimal integers only):
+    # ``0123`` is 123 (YAML 1.1: octal 83), ``1:30`` and ``0x10`` are text (1.1: 90 and 16),
+    # ``yes`` is text (1.1: true), and ``1e-3`` is a number (1.1: text)
+    core = {"tag:yaml.org,2002:bool": r"^(?:true|True|TRUE|false|False|FALSE)$",
+            "tag:yaml.org,2002:int": r"^[-+]?[0-9]+$",
+            "tag:yaml.org,2002:float": r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"}
     for cls in (Loader, Dumper):
-        cls.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
+        cls.yaml_implicit_resolvers = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag not in core]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        for tag, regexp in core.items():
+            cls.add_implicit_resolver(tag, re.compile(regexp), list("-+0123456789.tTfF"))
+    Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
     return Loader, Dumper
 
 
@@ -285,7 +296,13 @@ def _kind(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    return _short(repr(value))
+    """``value`` for a message, bounded before it is built (nested YAML aliases could make a
+    full repr gigabytes long)."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxdict, shown.maxstring, shown.maxother = 3, 6, 6, 60, 60
+    return _short(shown.repr(value))
 
 
 def _short(text: str) -> str:

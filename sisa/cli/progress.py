@@ -58,7 +58,7 @@ class SliceLines:
 
     def slice_done(self, record: Any) -> None:
         self.write(f"shard {record.shard} slice {record.slice}: {record.samples} samples, "
-                   f"{record.epochs} epochs, {fmt_seconds(record.seconds)}")
+                   f"{record.epochs} epoch{'s' if record.epochs != 1 else ''}, {fmt_seconds(record.seconds)}")
 
     __call__ = slice_done
 

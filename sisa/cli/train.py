@@ -12,6 +12,7 @@ from sisa.cli._common import (
     add_executor_args,
     add_output_args,
     add_settings_args,
+    check_executor_args,
     dataset_and_settings,
     emit,
     executor_from,
@@ -62,6 +63,7 @@ class Train(Subcommand):
         p.set_defaults(workdir=None)
 
     def run(self, args: argparse.Namespace, env: Environment) -> int:
+        from sisa.data.sources import absolute_spec
         from sisa.ops.train import train_workspace
 
         if args.format is not None and not args.print_config:
@@ -73,10 +75,14 @@ class Train(Subcommand):
         args.workdir = "." if args.workdir is None else args.workdir
         if args.discard_deletions and not args.force:
             raise SisaError("--discard-deletions only applies with --force (replacing a workspace)")
-        logs = [_loss_log(args.log_dir)] if args.log_dir is not None and not args.print_config else []
+        logs = [_loss_log(args.log_dir, args.workdir)] if args.log_dir is not None and not args.print_config else []
         with training_output(args, *logs) as progress:
-            dataset, settings = dataset_and_settings(args, _recorded(args), stream=True)
+            dataset, settings = _from_config(config, lambda: dataset_and_settings(args, _recorded(args), stream=True))
+            if logs and settings.vectorise > 1:
+                raise SisaError("--log-dir records each epoch's loss, which vectorised training (--vectorise > 1) "
+                                "does not report; train with --vectorise 1, or leave --log-dir out")
             if args.print_config:
+                _from_config(config, lambda: check_executor_args(args))
                 return self._print_config(args, config, dataset, settings, run_options)
             executor = executor_from(args, env)
 
@@ -94,7 +100,8 @@ class Train(Subcommand):
             with locked(args, env, exclusive=True) if Path(args.workdir).is_dir() else nullcontext():
                 summary = train_workspace(
                     args.workdir, dataset, settings, executor=executor, force=args.force, progress=progress,
-                    source={"id_col": args.id_col, "label_col": args.label_col, "test_spec": args.test_data,
+                    source={"spec": absolute_spec(args.data), "id_col": args.id_col, "label_col": args.label_col,
+                            "test_spec": absolute_spec(args.test_data),
                             "test_fraction": args.test_fraction, "image_size": _image_size(dataset),
                             **(config.provenance() if config is not None else {})},
                     discard_deletions=args.discard_deletions, announce=announce)
@@ -140,10 +147,30 @@ class Train(Subcommand):
         return 0
 
 
-def _loss_log(folder: str):
-    """``--log-dir``'s log, checked before anything is loaded or trained."""
+def _from_config(config: Config | None, load):
+    """``load()``, its refusal naming the config file the values may have come from."""
+    try:
+        return load()
+    except SisaError as exc:
+        if config is None:
+            raise
+        raise SisaError(f"{exc} (values from config file {config.path} unless given as flags)") from None
+
+
+def _loss_log(folder: str, workdir: str):
+    """``--log-dir``'s log, checked before anything is loaded or trained: outside the workspace
+    (whose folders hold only sisa's files, 0700), and in a folder that can be made."""
+    import os
+
     from sisa.cli.progress import LossLog
 
+    target, root = Path(folder).resolve(), Path(workdir).resolve()
+    if target == root or root in target.parents:
+        raise SisaError(f"--log-dir {folder} is inside the workspace {workdir}, which holds only sisa's own files; "
+                        f"write the loss curves somewhere else")
+    parent = next((p for p in (target, *target.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SisaError(f"--log-dir {folder} cannot be made: {parent} is not a folder this user can write to")
     log = LossLog(folder)
     if not log.tensorboard:
         info(f"note: --log-dir {folder}: the tensorboard package is not installed, so only {folder}/losses.csv "
@@ -178,6 +205,23 @@ def _recorded(args: argparse.Namespace):
     if manifest.batches:
         info(f"note: rows taken in by 'sisa add' (version(s) {', '.join(str(b.version) for b in manifest.batches)}) "
              f"are retrained only where {manifest.data.source_value('spec')} holds them")
-    info(f"retraining as recorded: --data {manifest.data.source_value('spec')} with the workspace's settings "
-         f"(flags given change them)")
+    spec = manifest.data.source_value("spec")
+    if _relative(spec) or _relative(manifest.data.source_value("test_spec")):
+        # workspaces from before specs were recorded absolute: the path is read from here
+        raise SisaError(f"the workspace recorded its data as {spec!r}, a path relative to the folder it was "
+                        f"trained from, which sisa cannot know; name the data again with --data")
+    if not getattr(args, "quiet", False):
+        info(f"retraining as recorded: --data {spec} with the workspace's settings (flags given change them)")
     return manifest
+
+
+def _relative(spec) -> bool:
+    """Whether a recorded data spec names a file by a relative path."""
+    import os
+
+    from sisa.data.sources import parse_spec
+
+    if not spec:
+        return False
+    arg = parse_spec(spec)[1]
+    return arg is not None and arg != "-" and not os.path.isabs(arg)

@@ -28,6 +28,7 @@ module names them all.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -133,6 +134,24 @@ def _folder_rows(spec: str, arg: Optional[str], like: Dataset, options: LoadOpti
                         f"{tuple(like.shape)}, not 1- or 3-channel images")
     sized = replace(options, image_size=(int(like.shape[1]), int(like.shape[2])))
     return folders.read_folder(arg, sized, channels=int(like.shape[0]), min_classes=1).train
+
+
+def absolute_spec(spec: Optional[str]) -> Optional[str]:
+    """``spec`` with its path made absolute, as a workspace records it: a retraining "as
+    recorded" from another folder must read the same file, not one that happens to share the
+    relative name there. Names without a path (``digits``) and standard input stay as given.
+
+    >>> absolute_spec("digits"), absolute_spec("csv:-")
+    ('digits', 'csv:-')
+    >>> absolute_spec("rows.csv") == "csv:" + os.path.abspath("rows.csv")
+    True
+    """
+    if spec is None:
+        return None
+    name, arg = parse_spec(spec)
+    if arg is None or arg == "-":
+        return spec
+    return f"{name}:{os.path.abspath(arg)}"
 
 
 def parse_spec(spec: str) -> tuple[str, Optional[str]]:

@@ -1,4 +1,4 @@
-"""Training a workspace, and the scikit-learn-like :class:`SISAClassifier` around it."""
+"""Training a workspace: partition the rows, train every shard slice by slice, record it all."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_a_flag_given_overrides_the_file_which_overrides_the_data_defaults(tmp_p
     ("c.toml", "shards = 0\n", "shards = 0: shards must be a positive integer"),
     ("c.toml", 'optimizer = "lbfgs"\n', "optimizer = 'lbfgs'; expected one of: adam, adamw, sgd"),
     ("c.toml", "image-size = [32, 1.5]\n", "image-size = [32, 1.5] is a list of more than whole numbers"),
-    ("c.yaml", "id_col: yes\n", "id_col = True is true or false; expected text"),
+    ("c.yaml", "id_col: true\n", "id_col = True is true or false; expected text"),
     ("c.toml", 'colour = "red"\n', "unknown key 'colour'; a config file takes train's flags: data,"),
     ("c.toml", "force = true\n", "force is a command-line flag only"),
     ("c.toml", "quiet = true\n", "quiet is a command-line flag only (it is how this run reports"),
@@ -189,3 +189,82 @@ def test_toml_writes_every_float_exactly():
     for number in (0.1, 1e-05, 3e-3, 1e16, 5e-324, -0.0, 1.7976931348623157e308, math.inf, -math.inf):
         assert tomllib.loads(f"x = {toml_value(number)}")["x"] == number
     assert math.isnan(tomllib.loads(f"x = {toml_value(math.nan)}")["x"])
+
+
+# -- what a review that tried to break it found
+
+
+@pytest.mark.parametrize("text, expected", [("0123", 123), ("010", 10), ("+7", 7)])
+def test_yaml_integers_read_as_the_flag_reads_them(tmp_path, text, expected):
+    config = write(tmp_path / "c.yaml", f"seed: {text}\n")  # YAML 1.1: 0123 is octal 83, 010 is 8
+    result = run_cli("train", "--config", config, "--print-config", "--json")
+    assert result.code == 0, result.err
+    assert result.json["config"]["seed"] == expected == int(text)
+
+
+@pytest.mark.parametrize("text", ["1:30", "0x10", "0o17", "0b101"])
+def test_yaml_numbers_a_flag_would_refuse_are_refused(tmp_path, text):
+    config = write(tmp_path / "c.yaml", f"seed: {text}\n")  # YAML 1.1: base 60 (90), hex, octal, binary
+    result = run_cli("train", "--config", config, "--print-config")
+    assert result.code == 1 and f"seed = '{text}' is text; expected a whole number" in result.err
+
+
+def test_yaml_yes_and_no_are_text(tmp_path):
+    config = write(tmp_path / "c.yaml", "label_col: no\nid_col: yes\n")
+    result = run_cli("train", "--config", config, "--print-config", "--json")
+    assert result.code == 0, result.err
+    assert (result.json["config"]["label_col"], result.json["config"]["id_col"]) == ("no", "yes")
+
+
+def test_nested_yaml_aliases_are_refused_quickly(tmp_path):
+    levels = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+               f"*a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    config = write(tmp_path / "c.yaml", "\n".join(levels) + "\nimage_size: *a8\n")  # 10^9 values if expanded
+    result = run_cli("train", "--config", config, "--print-config")
+    assert result.code == 1 and len(result.err) < 2000
+
+
+def test_a_toml_file_with_a_byte_order_mark_reads(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_bytes("\ufeffshards = 3\n".encode())
+    result = run_cli("train", "--config", config, "--print-config", "--json")
+    assert result.code == 0 and result.json["config"]["shards"] == 3, result.err
+
+
+def test_an_error_in_values_from_a_file_names_the_file(tmp_path):
+    config = write(tmp_path / "c.toml", "image_size = [32, 32]\n")  # digits is no image folder
+    result = run_cli("train", "--config", config, "--workdir", tmp_path / "ws")
+    assert result.code == 1 and "--image-size applies to imagefolder" in result.err and "c.toml" in result.err
+    config = write(tmp_path / "d.toml", "cpus_per_shard = -1\n")
+    result = run_cli("train", "--config", config, "--print-config")
+    assert result.code == 1 and "--cpus-per-shard must be >= 0" in result.err and "d.toml" in result.err
+
+
+def test_retraining_as_recorded_reads_the_file_it_was_trained_on(tmp_path, monkeypatch):
+    import pyarrow.csv as pcsv
+    from helpers import make_table
+
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name / "data").mkdir(parents=True)
+        pcsv.write_csv(make_table(n=80, features=3, seed=seed), tmp_path / name / "data" / "rows.csv")
+    monkeypatch.chdir(tmp_path / "a")
+    assert run_cli("train", "--data", "csv:data/rows.csv", "--workdir", tmp_path / "ws", *TINY).code == 0
+    before = checkpoint_shas(tmp_path / "ws")
+    monkeypatch.chdir(tmp_path / "b")  # holds another data/rows.csv
+    result = run_cli("train", "--workdir", tmp_path / "ws", "--force", *TINY)
+    assert result.code == 0, result.err
+    assert f"--data csv:{tmp_path / 'a' / 'data' / 'rows.csv'}" in result.err
+    assert checkpoint_shas(tmp_path / "ws") == before
+
+
+def test_log_dir_is_checked_before_training(tmp_path):
+    ws = tmp_path / "ws"
+    for log_dir, message in ((ws / "checkpoints", "inside the workspace"), (ws, "inside the workspace")):
+        result = run_cli("train", "--workdir", ws, *TINY, "--log-dir", log_dir)
+        assert result.code == 1 and message in result.err and not ws.exists()
+    (tmp_path / "file").write_text("x")
+    result = run_cli("train", "--workdir", ws, *TINY, "--log-dir", tmp_path / "file" / "logs")
+    assert result.code == 1 and "cannot be made" in result.err and not ws.exists()
+    result = run_cli("train", "--workdir", ws, *TINY, "--vectorise", "2", "--log-dir", tmp_path / "logs")
+    assert result.code == 1 and "--vectorise" in result.err and not ws.exists() and not (tmp_path / "logs").exists()

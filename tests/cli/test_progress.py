@@ -28,7 +28,7 @@ from sisa.workspace.manifest import CheckpointRecord
 
 TINY = ("--shards", "2", "--slices", "2", "--epochs", "3", "--executor", "local")
 """Two shards of two slices, two epochs each (3 recalibrated over 2 slices), in this process."""
-SLICE_LINE = re.compile(r"^shard \d+ slice \d+: \d+ samples, \d+ epochs, ", re.M)
+SLICE_LINE = re.compile(r"^shard \d+ slice \d+: \d+ samples, \d+ epochs?, ", re.M)
 
 
 def run_on_terminal(*argv, timeout: float = 180) -> tuple[int, str, str]:
