@@ -155,8 +155,7 @@ class Compare(Subcommand):
         methods = _chosen_methods(args.methods)
         params = parse_method_settings(args.set)
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise SisaError(f"--out {out} is not a folder")
+        _check_writable(out)
         shadows = args.shadows if args.shadows is not None else 0
         check_options(methods, params, seeds=args.seeds, draws=args.draws, shadows=shadows, workdir=args.workdir,
                       base_seed=args.seed or 0, sisa=not args.no_sisa, fq_models=args.fq_models,
@@ -172,11 +171,11 @@ class Compare(Subcommand):
         result = _finite(result)
         result.update(run_record(args.argv))
         stem = re.sub(r"[^\w.-]+", "-", f"{Path(dataset.spec).name}-{args.forget}").strip("-")
-        chart = _write_results(result, out, stem)
+        charted = _write_results(result, out, stem)
         lines = [format_table(result), *footer(result)]
         if result.get("workspaces"):
             lines.append(f"SISA workspaces kept under {args.workdir} (seed-N/sisa-deleted, seed-N/sisa-retrained)")
-        lines.append(f"results: {out / stem}.json, .md" + (", .png" if chart.exists() else ""))
+        lines.append(f"results: {out / stem}.json, .md" + (", .png" if charted else ""))
         emit(args, result, "\n".join(lines))
         exact = result["sisa_exactness"]
         fq_exact = (result["forgetting_quality"] or {}).get("sisa_identical_checkpoints")
@@ -225,8 +224,20 @@ def _chosen_methods(text: str | None) -> list[str]:
     return methods
 
 
-def _write_results(result: dict[str, Any], out: Path, stem: str) -> Path:
-    """Write ``out/stem``.json, .md and (with matplotlib) .png; returns the chart's path."""
+def _check_writable(out: Path) -> None:
+    """Refuse an --out that cannot take the results before anything trains (they come last)."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise SisaError(f"--out {out} is not a folder")
+    parent = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SisaError(f"--out {out} cannot be written: {parent} is not a folder this user can write to")
+
+
+def _write_results(result: dict[str, Any], out: Path, stem: str) -> bool:
+    """Write ``out/stem``.json, .md and (with matplotlib) .png; returns whether the chart was
+    written (a chart of an earlier run with the same name is removed when it cannot be)."""
     from sisa.research.compare import footer, format_table, write_chart
 
     out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +245,8 @@ def _write_results(result: dict[str, Any], out: Path, stem: str) -> Path:
     (out / f"{stem}.md").write_text(markdown_header(result) + "\n\n" + format_table(result, markdown=True) + "\n\n"
                                     + "\n".join(f"- {line}" for line in footer(result)) + "\n")
     chart = out / f"{stem}.png"
-    if not write_chart(result, chart):
-        info("matplotlib is not installed: no chart (pip install 'sisa[plots]')")
-    return chart
+    if write_chart(result, chart):
+        return True
+    chart.unlink(missing_ok=True)  # an earlier run's chart would pass for this one's
+    info("matplotlib is not installed: no chart (pip install 'sisa[plots]')")
+    return False

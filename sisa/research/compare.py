@@ -255,6 +255,14 @@ class ModelRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_RUNS = 10_000
+"""Most seeds, draws, shadows or FQ models a comparison takes: each is at least one training
+or scoring, so more is a typo, and lists of them are built before anything runs."""
+MAX_FQ_DELTA = 0.05
+"""Largest --fq-delta: the challenge's scoring code used 0.01; above about 0.05 the chance level
+of F moves erratically (0.51 at 0.1, 0.93 at 0.3, 0.28 at 0.5 with 16 models)."""
+
+
 def check_options(methods: Sequence[str], method_params: dict[str, dict], *, seeds: int = 1,
                   draws: int = DEFAULT_DRAWS, shadows: int = 0, workdir: Optional[str | Path] = None,
                   base_seed: int = 0, sisa: bool = True, fq_models: int = 0, fq_delta: float = FQ_DELTA) -> None:
@@ -264,6 +272,9 @@ def check_options(methods: Sequence[str], method_params: dict[str, dict], *, see
 
     for name in methods:
         METHODS.get(name)
+    twice = sorted({name for name in methods if list(methods).count(name) > 1})
+    if twice:
+        raise SisaError(f"--methods names {', '.join(twice)} more than once; name each method once")
     for name, params in method_params.items():
         if name not in METHODS:
             raise SisaError(f"--set names unknown unlearning method {name!r}; choose one of: {', '.join(METHODS)}")
@@ -271,12 +282,16 @@ def check_options(methods: Sequence[str], method_params: dict[str, dict], *, see
             raise SisaError(f"settings given for method {name!r}, which is not being run")
         method_settings(name, params)
     for flag, value, least in (("--seeds", seeds, 1), ("--draws", draws, 1), ("--shadows", shadows, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise SisaError(f"{flag} must be a whole number >= {least}, got {value}")
-    if isinstance(fq_models, bool) or not isinstance(fq_models, int) or fq_models < 0 or fq_models == 1:
-        raise SisaError(f"--fq-models must be 0 (off) or a whole number >= 2 (models per row), got {fq_models}")
-    if isinstance(fq_delta, bool) or not isinstance(fq_delta, (int, float)) or not 0 <= fq_delta < 1:
-        raise SisaError(f"--fq-delta must be a number with 0 <= delta < 1, got {fq_delta}")
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_RUNS:
+            raise SisaError(f"{flag} must be a whole number from {least} to {MAX_RUNS}, got {str(value)[:40]}")
+    if isinstance(fq_models, bool) or not isinstance(fq_models, int) or fq_models < 0 or fq_models == 1 \
+            or fq_models > MAX_RUNS:
+        raise SisaError(f"--fq-models must be 0 (off) or a whole number from 2 to {MAX_RUNS} (models per row), "
+                        f"got {str(fq_models)[:40]}")
+    if isinstance(fq_delta, bool) or not isinstance(fq_delta, (int, float)) or not 0 <= fq_delta <= MAX_FQ_DELTA:
+        raise SisaError(f"--fq-delta must be a number with 0 <= delta <= {MAX_FQ_DELTA}, got {fq_delta}: at larger "
+                        f"deltas attacks whose rates leave 1 - delta - rate below 0 count as complete separation, "
+                        f"and F of two sets that differ by chance only stops meaning anything")
     if base_seed + max(seeds, fq_models) - 1 >= 2**63:
         flag = f"--seeds {seeds}" if seeds >= fq_models else f"--fq-models {fq_models}"
         raise SisaError(f"{flag} from --seed {base_seed} goes past the largest seed, 2^63 - 1")
@@ -670,9 +685,16 @@ def forgetting_summary(runs: Sequence[FQRun], models: int, n_forget: int, *, del
             "sisa_identical_checkpoints": all(sisa_identical) if sisa_identical else None}
 
 
+NULL_SD_FACTOR = 3.0
+"""How much wider than ``null_sd`` (rows taken as independent) the null F's spread is taken
+to be: the rows are scored by the same N models, so they are not independent. Splitting 40
+digits models retrained with different seeds 300 times into two sets of N gave sds 1.8-2.6x
+the bound for N = 2 to 16 (2-core x86_64 machine, 2026-11-29)."""
+
+
 def _fq_notes(rows: Sequence[dict[str, Any]], fq: Optional[dict[str, Any]]) -> list[str]:
     """A note when a model trained on the forget rows (original, sisa-original) gets an F
-    within 2 null sds of the null's, or above it: then N models do not tell a model that saw the
+    within 2 null sds (``null_sd`` x :data:`NULL_SD_FACTOR`) of the null's, or above it: then N models do not tell a model that saw the
     rows from one that did not, and no method's F can show forgetting."""
     if not fq:
         return []
@@ -681,7 +703,7 @@ def _fq_notes(rows: Sequence[dict[str, Any]], fq: Optional[dict[str, Any]]) -> l
         if row["method"] not in ("original", "sisa-original") or row.get("forgetting_quality") is None:
             continue
         F = row["forgetting_quality"]
-        if np.isfinite(F) and F > fq["null"] - 2 * fq["null_sd"]:
+        if np.isfinite(F) and F > fq["null"] - 2 * NULL_SD_FACTOR * fq["null_sd"]:
             out.append(f"{row['method']}: forgetting quality {F:.3f} against {fq['null']:.3f} for two sets of "
                        f"{fq['models']} models that differ by chance only: with {fq['models']} models the attack does "
                        f"not tell models trained on the forget rows from {row['reference']} ones, so the F of the "
@@ -891,7 +913,9 @@ def fq_footer(result: dict[str, Any]) -> list[str]:
              f"{fq['bin_width']:g}) (at least 2^-12), averaged; FQ score = F x RA ratio x TA ratio",
              f"FQ with {n} models: the largest finite epsilon is {eps:.2f} (score {lowest:g}; non-overlapping "
              f"values count as epsilon = inf, score 2^-12); two sets of {n} models that differ by chance only get "
-             f"F = {fq['null']:.3f} (sd about {fq['null_sd']:.3f} on these rows): compare F with that, not with 1"]
+             f"F = {fq['null']:.3f} (sd at least {fq['null_sd']:.3f} on these rows, taken as independent; as the rows "
+             f"share the models, about {NULL_SD_FACTOR:g}x that, {NULL_SD_FACTOR * fq['null_sd']:.3f}, is used for "
+             f"the notes): compare F with that, not with 1"]
     if fq.get("sisa_identical_seeds") is not None:
         lines.append(f"FQ of sisa-delete: 1 exactly when its ensembles are those of sisa-retrained (identical "
                      f"checkpoints in {fq['sisa_identical_seeds']} of {n} seeds), because they are the same models, "

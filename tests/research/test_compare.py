@@ -92,15 +92,19 @@ def test_compare_human_table_over_two_seeds(tmp_path):
     (("--set", "ft.momentum=0.5", "--methods", "ft"), "no setting momentum"),
     (("--set", "ftt.lr=0.1"), "unknown unlearning method 'ftt'; choose one of: ft, l1-sparse"),
     (("--set", "ssd.alpha=5", "--methods", "ft"), "not being run"),
-    (("--shadows", "-1"), "--shadows must be a whole number >= 0"),
-    (("--seeds", "0"), "--seeds must be a whole number >= 1"),
-    (("--draws", "0"), "--draws must be a whole number >= 1"),
+    (("--shadows", "-1"), "--shadows must be a whole number from 0 to 10000"),
+    (("--seeds", "0"), "--seeds must be a whole number from 1 to 10000"),
+    (("--seeds", str(2**63 - 1)), "--seeds must be a whole number from 1 to 10000, got 9223372036854775807"),
+    (("--draws", "0"), "--draws must be a whole number from 1 to 10000"),
+    (("--methods", "ft,rl,ft"), "--methods names ft more than once"),
     (("--seeds", "2", "--seed", str(2**63 - 1)), "goes past the largest seed"),
-    (("--fq-models", "1"), "--fq-models must be 0 (off) or a whole number >= 2 (models per row), got 1"),
-    (("--fq-models", "-2"), "--fq-models must be 0 (off) or a whole number >= 2"),
+    (("--fq-models", "1"), "--fq-models must be 0 (off) or a whole number from 2 to 10000 (models per row), got 1"),
+    (("--fq-models", "-2"), "--fq-models must be 0 (off) or a whole number from 2"),
+    (("--fq-models", "100000000"), "--fq-models must be 0 (off) or a whole number from 2 to 10000"),
     (("--fq-models", "3", "--seed", str(2**63 - 2)), "--fq-models 3 from --seed 9223372036854775806 goes past"),
-    (("--fq-delta", "1"), "--fq-delta must be a number with 0 <= delta < 1, got 1.0"),
-    (("--fq-delta", "nan"), "--fq-delta must be a number with 0 <= delta < 1, got nan"),
+    (("--fq-delta", "1"), "--fq-delta must be a number with 0 <= delta <= 0.05, got 1.0"),
+    (("--fq-delta", "0.1"), "--fq-delta must be a number with 0 <= delta <= 0.05, got 0.1"),
+    (("--fq-delta", "nan"), "--fq-delta must be a number with 0 <= delta <= 0.05, got nan"),
 ])
 def test_bad_compare_arguments_are_refused_before_any_training(tmp_path, monkeypatch, argv, message):
     trained = refuse_training(monkeypatch)
@@ -330,3 +334,10 @@ def test_chart_labels_do_not_overlap(tmp_path, monkeypatch):
     assert len([b for b in boxes if b[0] == "sisa-delete"]) == 1
     overlaps = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
     assert overlaps == [], overlaps
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    trained = refuse_training(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    result = run_cli("compare", *SMALL, "--out", str(tmp_path / "file" / "sub"))
+    assert result.code == 1 and "cannot be written" in result.err and trained == []
