@@ -141,6 +141,18 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                        help="join an existing Ray cluster (from 'ray start --head')")
 
 
+def check_can_write(path, flag: str, problem: str) -> None:
+    """Refuse a folder ``path`` (to be made if missing) that this user cannot write: found
+    before anything is loaded or trained, not when the results come to be written."""
+    import os
+    from pathlib import Path
+
+    target = Path(path).absolute()
+    parent = next((p for p in (target, *target.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SisaError(f"{flag} {path} {problem}: {parent} is not a folder this user can write to")
+
+
 def check_executor_args(args: argparse.Namespace) -> None:
     """Refuse executor flags no executor takes (also what ``train --print-config`` prints)."""
     for name in ("cpus_per_shard", "gpus_per_shard"):

@@ -11,6 +11,7 @@ from typing import Any
 from sisa.cli._common import (
     add_data_args,
     add_settings_args,
+    check_can_write,
     dataset_and_settings,
     emit,
     info,
@@ -226,13 +227,9 @@ def _chosen_methods(text: str | None) -> list[str]:
 
 def _check_writable(out: Path) -> None:
     """Refuse an --out that cannot take the results before anything trains (they come last)."""
-    import os
-
     if out.exists() and not out.is_dir():
         raise SisaError(f"--out {out} is not a folder")
-    parent = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise SisaError(f"--out {out} cannot be written: {parent} is not a folder this user can write to")
+    check_can_write(out, "--out", "cannot be written")
 
 
 def _write_results(result: dict[str, Any], out: Path, stem: str) -> bool:

@@ -12,6 +12,7 @@ from sisa.cli._common import (
     add_executor_args,
     add_output_args,
     add_settings_args,
+    check_can_write,
     check_executor_args,
     dataset_and_settings,
     emit,
@@ -160,17 +161,13 @@ def _from_config(config: Config | None, load):
 def _loss_log(folder: str, workdir: str):
     """``--log-dir``'s log, checked before anything is loaded or trained: outside the workspace
     (whose folders hold only sisa's files, 0700), and in a folder that can be made."""
-    import os
-
     from sisa.cli.progress import LossLog
 
     target, root = Path(folder).resolve(), Path(workdir).resolve()
     if target == root or root in target.parents:
         raise SisaError(f"--log-dir {folder} is inside the workspace {workdir}, which holds only sisa's own files; "
                         f"write the loss curves somewhere else")
-    parent = next((p for p in (target, *target.parents) if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise SisaError(f"--log-dir {folder} cannot be made: {parent} is not a folder this user can write to")
+    check_can_write(folder, "--log-dir", "cannot be made")
     log = LossLog(folder)
     if not log.tensorboard:
         info(f"note: --log-dir {folder}: the tensorboard package is not installed, so only {folder}/losses.csv "

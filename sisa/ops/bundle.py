@@ -34,7 +34,7 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -329,9 +329,7 @@ def load_bundle(path: os.PathLike | str, *, device: Optional[str] = None) -> "Bu
                             f"export the bundle again")
         if len(set(map(repr, data["classes"]))) != len(data["classes"]):
             raise SisaError(f"{path / BUNDLE_FILE} lists a class twice; export the bundle again")
-        bundle = Bundle(path, meta, settings, spec, weights, sizes)
-        bundle.sha256s = [str(model["sha256"]) for model in models]
-        return bundle
+        return Bundle(path, meta, settings, spec, weights, sizes, [str(model["sha256"]) for model in models])
 
 
 @contextmanager
@@ -386,7 +384,7 @@ class Bundle:
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], settings: Settings, data: DataSpec,
-                 weights: list[dict[str, Any]], sizes: list[int]) -> None:
+                 weights: list[dict[str, Any]], sizes: list[int], sha256s: Sequence[str] = ()) -> None:
         self.path = path
         self.settings = settings
         self.data = data
@@ -402,7 +400,8 @@ class Bundle:
         self.position: dict[str, Any] = meta["position"]
         self.n_features_in_ = int(data.shape[0]) if data.shape else 1
         self._weights = weights
-        self.sha256s: list[str] = []
+        self.sha256s = list(sha256s)
+        """The sha256 of each model's weights file (none for models held in memory)."""
         self._check_model_code()
 
     @classmethod
@@ -470,7 +469,6 @@ def check_bundle(workspace: Workspace, path: os.PathLike | str) -> dict[str, Any
     it current; ``newer_requests`` still counts them.
     """
     bundle = load_bundle(path)  # every file checked against bundle.json's sha256
-    meta = read_bundle_json(path)
     with workspace_lock(workspace.root, exclusive=False):
         ensemble = Ensemble(workspace)
         counts = read_counts(workspace.ledger_path)
@@ -484,7 +482,7 @@ def check_bundle(workspace: Workspace, path: os.PathLike | str) -> dict[str, Any
         # the sha256 of each file an export now would write (a workspace of format 1 records none)
         live = {r.shard: sha256_bytes(checkpoint_bytes(workspace.load_weights(r))) for r in records}
     with _fields_of(Path(path)):
-        then = meta["position"]
+        then = bundle.position
         bundle_requests = int(then.get("requests") or 0)
     # bundle.json's checksum is no signature: compare the weights files' own sha256s (checked
     # above) with the workspace's models, so an edited bundle.json cannot vouch for old weights
